@@ -1,0 +1,9 @@
+"""pmc_min: a minimal, from-scratch reference implementation of Partial Model
+Collapse (PMC) unlearning for LLMs (Scholten et al., arXiv 2507.04219)."""
+
+from .checkpoint import load, save
+from .errors import UserError
+from .model import Config, Transformer, causal_lm_loss
+from .tokenizer import Tokenizer
+
+__all__ = ["load", "save", "Config", "Transformer", "Tokenizer", "UserError", "causal_lm_loss"]

@@ -1,0 +1,171 @@
+"""Find, load and save checkpoints in HF's layout: config.json,
+model.safetensors (or a sharded index) and tokenizer.json.
+
+Weights are read with safetensors only; nothing is ever unpickled.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from .errors import UserError
+from .model import Config, Transformer
+from .tokenizer import Tokenizer
+
+# Short names a user may type, and the hub repositories they stand for.
+ALIASES = {
+    "phi-1_5": "microsoft/phi-1_5",
+    "phi-1.5": "microsoft/phi-1_5",
+}
+HUB_FILES = ["*.json", "*.safetensors", "*.txt"]
+
+
+class ModelNotFound(UserError):
+    pass
+
+
+def _is_repo_id(name: str) -> bool:
+    return re.fullmatch(r"[\w.-]+/[\w.-]+", name) is not None
+
+
+def resolve(name_or_path: str | Path) -> Path:
+    """A local folder, else a hub repo (an alias or `owner/name`) from the HF
+    cache, else downloaded from the hub when online."""
+    name = str(name_or_path)
+    path = Path(name).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ModelNotFound(f"{path} has no config.json; a model folder holds config.json, "
+                                f"model.safetensors and tokenizer.json.")
+        return path
+    repo = ALIASES.get(name, name)
+    if not _is_repo_id(repo):
+        raise ModelNotFound(f"Unknown model {name!r}: no folder at {path.resolve()}, and it is not a known "
+                            f"name ({', '.join(ALIASES)}) or a hub repo id like 'microsoft/phi-1_5'.")
+    from huggingface_hub import constants, snapshot_download
+
+    try:
+        return Path(snapshot_download(repo, allow_patterns=HUB_FILES, local_files_only=True))
+    except Exception:
+        pass
+    try:
+        return Path(snapshot_download(repo, allow_patterns=HUB_FILES))
+    except Exception as e:
+        reason = type(e).__name__
+    raise ModelNotFound(f"Model {name!r} not found: no folder at {path.resolve()}, not in the Hugging Face cache "
+                        f"({constants.HF_HUB_CACHE}), and the hub could not be reached ({reason}); run "
+                        f"`huggingface-cli download {repo}` on a machine online, or pass a local folder.")
+
+
+def load_config(folder: Path) -> Config:
+    path = Path(folder) / "config.json"
+    try:
+        return Config.from_hf(json.loads(path.read_text()))
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path} is not valid JSON ({e}).") from None
+
+
+def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError) as e:
+        raise UserError(f"{path} is not a readable safetensors file ({e}); download it again.") from None
+
+
+def read_weights(folder: Path) -> dict[str, torch.Tensor]:
+    """All tensors of model.safetensors, or of every shard a model.safetensors.index.json names."""
+    folder = Path(folder)
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        tensors = {}
+        for shard in shards:
+            tensors.update(_read_safetensors(folder / shard))
+        return tensors
+    if (folder / "model.safetensors").is_file():
+        return _read_safetensors(folder / "model.safetensors")
+    raise UserError(f"{folder} holds no model.safetensors (nor a sharded index); "
+                    f"only safetensors weights are read, never pickles.")
+
+
+# Legacy "phi-msft" names (the pre-transformers Phi code) -> ours.
+_LEGACY = [
+    (r"transformer\.embd\.wte\.", "embed_tokens."),
+    (r"transformer\.h\.(\d+)\.ln\.", r"layers.\1.input_layernorm."),
+    (r"transformer\.h\.(\d+)\.mixer\.out_proj\.", r"layers.\1.self_attn.dense."),
+    (r"transformer\.h\.(\d+)\.mixer\.Wqkv\.", r"layers.\1.self_attn.Wqkv."),
+    (r"transformer\.h\.(\d+)\.mlp\.", r"layers.\1.mlp."),
+    (r"lm_head\.ln\.", "final_layernorm."),
+    (r"lm_head\.linear\.", "lm_head."),
+]
+
+
+def to_our_names(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """HF names lose their `model.` prefix; legacy names are renamed and the
+    fused Wqkv is split into equal thirds q, k, v."""
+    out = {}
+    for key, t in tensors.items():
+        if key.endswith("inv_freq"):  # a buffer some old checkpoints saved; recomputed here
+            continue
+        key = key.removeprefix("model.")
+        for pattern, repl in _LEGACY:
+            key = re.sub("^" + pattern, repl, key)
+        if ".Wqkv." in key:
+            for name, part in zip(("q_proj", "k_proj", "v_proj"), t.chunk(3, dim=0)):
+                out[key.replace("Wqkv", name)] = part
+        else:
+            out[key] = t
+    return out
+
+
+def build(cfg: Config, tensors: dict[str, torch.Tensor], device="cpu", dtype=torch.float32) -> Transformer:
+    """A Transformer holding exactly these tensors; every key and shape is checked first."""
+    with torch.device("meta"):
+        model = Transformer(cfg)
+    expected = {k: v.shape for k, v in model.state_dict().items()}
+    if cfg.tie_word_embeddings:
+        tensors.setdefault("lm_head.weight", tensors.get("embed_tokens.weight"))
+    for key, shape in expected.items():
+        if key not in tensors or tensors[key] is None:
+            raise UserError(f"The checkpoint is missing tensor {key!r} (expected shape {tuple(shape)}).")
+        if tensors[key].shape != shape:
+            raise UserError(f"Tensor {key!r} has shape {tuple(tensors[key].shape)} in the checkpoint, "
+                            f"but config.json implies {tuple(shape)}.")
+    unexpected = sorted(set(tensors) - set(expected))
+    if unexpected:
+        raise UserError(f"The checkpoint has tensor(s) this model does not use: {', '.join(unexpected[:5])}.")
+    model.load_state_dict({k: tensors[k].to(device=device, dtype=dtype) for k in expected},
+                          strict=True, assign=True)
+    if cfg.tie_word_embeddings:
+        model.lm_head.weight = model.embed_tokens.weight
+    model.rotary.inv_freq = model.rotary.compute_inv_freq(device)
+    return model.eval()
+
+
+def load(name_or_path: str | Path, device="cpu", dtype=torch.float32) -> tuple[Transformer, Tokenizer]:
+    """(model, tokenizer) from a local folder, the HF cache, or the hub."""
+    folder = resolve(name_or_path)
+    cfg = load_config(folder)
+    model = build(cfg, to_our_names(read_weights(folder)), device=device, dtype=dtype)
+    return model, Tokenizer.from_folder(folder, eos_token_id=cfg.eos_token_id)
+
+
+def save(model: Transformer, tokenizer: Tokenizer, path: str | Path) -> None:
+    """Write HF's layout, which both pmc_min.load and transformers' from_pretrained read."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    tensors = {}
+    for key, t in model.state_dict().items():
+        if key == "lm_head.weight" and model.config.tie_word_embeddings:
+            continue
+        tensors[key if key.startswith("lm_head.") else "model." + key] = t.detach().contiguous().cpu()
+    save_file(tensors, str(path / "model.safetensors"), metadata={"format": "pt"})
+    cfg = model.config.to_hf() | {"torch_dtype": str(model.dtype).removeprefix("torch.")}
+    (path / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+    tokenizer.save(path)

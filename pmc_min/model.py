@@ -1,0 +1,300 @@
+"""Phi-1.5, written by hand: the causal language model PMC unlearns.
+
+One file, read top to bottom: config, rotary embedding, attention, MLP, the
+parallel block, the model. Parameter names follow HF's `PhiForCausalLM`
+without its `model.` prefix, so `checkpoint.py` maps keys in one line.
+
+Attention masks are *key* masks: `attention_mask[b, j] = 1` when key slot j
+of row b holds a real token. With left padding, each row's position ids are
+derived from that mask (`cumsum - 1`), exactly as HF's `generate` derives
+them, so a padded row computes the same logits as the unpadded sequence.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .errors import UserError
+
+
+class ConfigError(UserError):
+    """A config.json that does not describe a model this file can build."""
+
+
+SUPPORTED_MODEL_TYPES = ("phi", "phi-msft")
+
+
+@dataclass
+class Config:
+    vocab_size: int = 51200
+    hidden_size: int = 2048
+    intermediate_size: int = 8192
+    num_hidden_layers: int = 24
+    num_attention_heads: int = 32
+    num_key_value_heads: int | None = None  # None: as many as query heads
+    head_dim: int | None = None  # None: hidden_size // num_attention_heads
+    partial_rotary_factor: float = 0.5
+    rope_theta: float = 10000.0
+    layer_norm_eps: float = 1e-5
+    max_position_embeddings: int = 2048
+    qk_layernorm: bool = False
+    hidden_act: str = "gelu_new"
+    tie_word_embeddings: bool = False
+    bos_token_id: int | None = None
+    eos_token_id: int | None = None
+    pad_token_id: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.num_key_value_heads is None:
+            self.num_key_value_heads = self.num_attention_heads
+        if self.head_dim is None:
+            self.head_dim = self.hidden_size // self.num_attention_heads
+        if self.num_attention_heads % self.num_key_value_heads:
+            raise ConfigError(
+                f"num_attention_heads ({self.num_attention_heads}) must be a multiple of "
+                f"num_key_value_heads ({self.num_key_value_heads})."
+            )
+        if self.hidden_act not in ("gelu_new", "gelu_pytorch_tanh"):
+            raise ConfigError(f"hidden_act {self.hidden_act!r} is not supported; Phi uses 'gelu_new'.")
+
+    @property
+    def rotary_dim(self) -> int:
+        return int(self.head_dim * self.partial_rotary_factor)
+
+    @classmethod
+    def from_hf(cls, d: dict) -> "Config":
+        """Read HF's config.json: the transformers-4 layout (`partial_rotary_factor`
+        and `rope_theta` at top level, as microsoft/phi-1_5 ships), the
+        transformers-5 layout (`rope_parameters`), or the legacy phi-msft one."""
+        model_type = d.get("model_type")
+        if model_type not in SUPPORTED_MODEL_TYPES:
+            raise ConfigError(
+                f"model_type {model_type!r} is not supported; supported: {', '.join(SUPPORTED_MODEL_TYPES)}."
+            )
+        d = dict(d)
+        if model_type == "phi-msft":  # the pre-transformers "phi-msft" names
+            legacy = {"n_embd": "hidden_size", "n_layer": "num_hidden_layers", "n_head": "num_attention_heads",
+                      "n_head_kv": "num_key_value_heads", "n_inner": "intermediate_size",
+                      "n_positions": "max_position_embeddings", "layer_norm_epsilon": "layer_norm_eps",
+                      "activation_function": "hidden_act"}
+            d.update({new: d[old] for old, new in legacy.items() if old in d})
+            if d.get("intermediate_size") is None and "hidden_size" in d:
+                d["intermediate_size"] = 4 * d["hidden_size"]
+            if "rotary_dim" in d and "hidden_size" in d and "num_attention_heads" in d:
+                d["partial_rotary_factor"] = d["rotary_dim"] / (d["hidden_size"] // d["num_attention_heads"])
+        rope = d.get("rope_parameters") or {}
+        if rope.get("rope_type", "default") != "default":
+            raise ConfigError(f"rope_type {rope['rope_type']!r} is not supported for Phi; only 'default'.")
+        for key in ("rope_theta", "partial_rotary_factor"):
+            if key in rope:
+                d[key] = rope[key]
+        if isinstance(d.get("eos_token_id"), list):
+            d["eos_token_id"] = d["eos_token_id"][0]
+        required = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
+        missing = [k for k in required if d.get(k) is None]
+        if missing:
+            raise ConfigError(f"config.json is missing required field(s): {', '.join(missing)}.")
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known and v is not None})
+
+    def to_hf(self) -> dict:
+        """The transformers-4 layout of microsoft/phi-1_5, which transformers 4 and 5 both read."""
+        d = {f.name: getattr(self, f.name) for f in fields(self)}
+        return {"architectures": ["PhiForCausalLM"], "model_type": "phi", **d,
+                "rope_scaling": None, "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attention_dropout": 0.0}
+
+
+class RotaryEmbedding(nn.Module):
+    """RoPE on the first `rotary_dim` dims of each head (Phi's *partial* rotary);
+    cos/sin are computed in float32 and cast to the activations' dtype, as HF does."""
+
+    def __init__(self, cfg: Config):
+        super().__init__()
+        self.dim, self.theta = cfg.rotary_dim, cfg.rope_theta
+        self.register_buffer("inv_freq", self.compute_inv_freq(), persistent=False)
+
+    def compute_inv_freq(self, device=None) -> torch.Tensor:
+        exponents = torch.arange(0, self.dim, 2, dtype=torch.int64, device=device).float() / self.dim
+        return 1.0 / (self.theta ** exponents)
+
+    def forward(self, position_ids: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        freqs = position_ids[..., None].float() * self.inv_freq  # (B, T, dim/2)
+        emb = torch.cat((freqs, freqs), dim=-1)  # (B, T, dim)
+        return emb.cos().to(dtype), emb.sin().to(dtype)
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x: (B, H, T, head_dim); cos, sin: (B, T, rotary_dim). Only the first rotary_dim dims turn."""
+    d = cos.shape[-1]
+    cos, sin = cos[:, None], sin[:, None]
+    x_rot, x_pass = x[..., :d], x[..., d:]
+    return torch.cat((x_rot * cos + rotate_half(x_rot) * sin, x_pass), dim=-1)
+
+
+class KVCache(nn.Module):
+    """A static, preallocated key/value cache for one layer (gpt-fast style):
+    fixed shapes, so a decode step can be captured by torch.compile / CUDA graphs."""
+
+    def __init__(self, batch: int, max_len: int, n_kv_heads: int, head_dim: int, dtype, device):
+        super().__init__()
+        shape = (batch, n_kv_heads, max_len, head_dim)
+        self.register_buffer("k", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+        self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+
+    def update(self, input_pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
+        """Write k, v (B, H_kv, T, D) at slots input_pos (T,); return the whole cache."""
+        self.k.index_copy_(2, input_pos, k)
+        self.v.index_copy_(2, input_pos, v)
+        return self.k, self.v
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: Config):
+        super().__init__()
+        self.n_heads, self.n_kv_heads, self.head_dim = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+        self.q_proj = nn.Linear(cfg.hidden_size, self.n_heads * self.head_dim)
+        self.k_proj = nn.Linear(cfg.hidden_size, self.n_kv_heads * self.head_dim)
+        self.v_proj = nn.Linear(cfg.hidden_size, self.n_kv_heads * self.head_dim)
+        self.dense = nn.Linear(self.n_heads * self.head_dim, cfg.hidden_size)
+        if cfg.qk_layernorm:
+            self.q_layernorm = nn.LayerNorm(self.head_dim, eps=cfg.layer_norm_eps)
+            self.k_layernorm = nn.LayerNorm(self.head_dim, eps=cfg.layer_norm_eps)
+        self.qk_layernorm = cfg.qk_layernorm
+        self.cache: KVCache | None = None
+
+    def forward(self, x, cos, sin, allowed, input_pos):
+        B, T, _ = x.shape
+        q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, D)
+        k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        v = self.v_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        if self.qk_layernorm:
+            q, k = self.q_layernorm(q), self.k_layernorm(k)
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        if self.cache is not None:
+            k, v = self.cache.update(input_pos, k, v)  # (B, H_kv, S, D)
+        if self.n_kv_heads != self.n_heads:
+            k = k.repeat_interleave(self.n_heads // self.n_kv_heads, dim=1)
+            v = v.repeat_interleave(self.n_heads // self.n_kv_heads, dim=1)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)  # (B, H, T, D)
+        return self.dense(y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: Config):
+        super().__init__()
+        self.fc1 = nn.Linear(cfg.hidden_size, cfg.intermediate_size)
+        self.fc2 = nn.Linear(cfg.intermediate_size, cfg.hidden_size)
+
+    def forward(self, x):
+        return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))  # gelu_new
+
+
+class Block(nn.Module):
+    """Phi's parallel block: one LayerNorm feeds attention and MLP, both added to the residual."""
+
+    def __init__(self, cfg: Config):
+        super().__init__()
+        self.input_layernorm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
+        self.self_attn = Attention(cfg)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x, cos, sin, allowed, input_pos):
+        h = self.input_layernorm(x)
+        return x + self.self_attn(h, cos, sin, allowed, input_pos) + self.mlp(h)
+
+
+class Transformer(nn.Module):
+    def __init__(self, cfg: Config):
+        super().__init__()
+        self.config = cfg
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.rotary = RotaryEmbedding(cfg)
+        self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.num_hidden_layers))
+        self.final_layernorm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
+        self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size)
+        if cfg.tie_word_embeddings:
+            self.lm_head.weight = self.embed_tokens.weight
+        self.apply(self._init_weights)
+
+    @staticmethod
+    def _init_weights(m: nn.Module) -> None:
+        if isinstance(m, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(m.weight, std=0.02)
+        if isinstance(m, nn.Linear) and m.bias is not None:
+            nn.init.zeros_(m.bias)
+
+    @property
+    def device(self) -> torch.device:
+        return self.embed_tokens.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.embed_tokens.weight.dtype
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in {id(p): p for p in self.parameters()}.values())
+
+    def setup_cache(self, batch: int, max_len: int) -> None:
+        """Preallocate a static KV cache of max_len slots for `batch` rows."""
+        c = self.config
+        for layer in self.layers:
+            layer.self_attn.cache = KVCache(batch, max_len, c.num_key_value_heads, c.head_dim, self.dtype, self.device)
+
+    def clear_cache(self) -> None:
+        for layer in self.layers:
+            layer.self_attn.cache = None
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                input_pos: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits (B, T, V) for input_ids (B, T).
+
+        Without a cache, attention_mask is (B, T) and may pad on the left or the
+        right. With a cache (`setup_cache`), the T tokens go to cache slots
+        `input_pos` (T,) and attention_mask is (B, S), a key mask over all S
+        cache slots: 1 for every real token written so far or now.
+        """
+        B, T = input_ids.shape
+        if input_pos is None:
+            input_pos = torch.arange(T, device=input_ids.device)
+        S = self.layers[0].self_attn.cache.k.shape[2] if self.layers[0].self_attn.cache is not None else T
+        if attention_mask is None:
+            attention_mask = torch.ones(B, S, dtype=torch.long, device=input_ids.device)
+        if attention_mask.shape != (B, S):
+            raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)}, expected {(B, S)}.")
+        key_mask = attention_mask.bool()
+        # Position of a token = number of real tokens up to and including it, minus one.
+        positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, input_pos]  # (B, T)
+        slots = torch.arange(S, device=input_ids.device)
+        causal = slots[None, :] <= input_pos[:, None]  # (T, S)
+        # A pad query sees only itself, so its (unused) row stays finite instead of NaN.
+        allowed = (causal & key_mask[:, None, :]) | (slots[None, :] == input_pos[:, None])
+        allowed = allowed[:, None]  # (B, 1, T, S)
+
+        x = self.embed_tokens(input_ids)
+        cos, sin = self.rotary(positions, x.dtype)
+        for layer in self.layers:
+            x = layer(x, cos, sin, allowed, input_pos)
+        return self.lm_head(self.final_layernorm(x))
+
+
+def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """Next-token NLL: token t+1 is predicted from position t; labels of -100
+    (prompt, padding) are ignored. reduction='none' gives one mean per row."""
+    logits, labels = logits[:, :-1].float(), labels[:, 1:]
+    nll = F.cross_entropy(logits.transpose(1, 2), labels, ignore_index=-100, reduction="none")  # (B, T-1)
+    counted = (labels != -100)
+    if reduction == "none":
+        return nll.sum(-1) / counted.sum(-1).clamp(min=1)
+    return nll.sum() / counted.sum().clamp(min=1)
+
+
+__all__ = ["Config", "ConfigError", "Transformer", "KVCache", "causal_lm_loss"]

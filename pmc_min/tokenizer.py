@@ -1,0 +1,74 @@
+"""A thin wrapper over a `tokenizers.Tokenizer` read from HF's tokenizer.json.
+
+It knows the one thing the rest of pmc_min needs beyond encode/decode: which
+token ends an answer (eos) and which fills padding. Phi-1.5 has eos
+`<|endoftext|>` and no pad token, so eos doubles as pad.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tokenizers import Tokenizer as HFTokenizer
+
+from .errors import UserError
+
+
+def _token_content(value) -> str | None:
+    if isinstance(value, dict):  # {"content": "<|endoftext|>", ...} in tokenizer_config.json
+        return value.get("content")
+    return value
+
+
+class Tokenizer:
+    def __init__(self, tok: HFTokenizer, eos_token: str, pad_token: str | None = None):
+        self.tok = tok
+        self.eos_token = eos_token
+        self.pad_token = pad_token or eos_token
+        self.eos_id = tok.token_to_id(eos_token)
+        self.pad_id = tok.token_to_id(self.pad_token)
+        if self.eos_id is None or self.pad_id is None:
+            raise UserError(f"The tokenizer has no token {eos_token!r} to use as end of sequence.")
+
+    @property
+    def vocab_size(self) -> int:
+        return self.tok.get_vocab_size()
+
+    def encode(self, text: str) -> list[int]:
+        return self.tok.encode(text, add_special_tokens=False).ids
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        return [e.ids for e in self.tok.encode_batch(texts, add_special_tokens=False)]
+
+    def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
+        return self.tok.decode(ids, skip_special_tokens=skip_special_tokens)
+
+    def decode_batch(self, batch: list[list[int]], skip_special_tokens: bool = True) -> list[str]:
+        return self.tok.decode_batch(batch, skip_special_tokens=skip_special_tokens)
+
+    @classmethod
+    def from_folder(cls, folder: Path, eos_token_id: int | None = None) -> "Tokenizer":
+        """Read tokenizer.json; eos comes from tokenizer_config.json, else the
+        model config's eos_token_id, else `<|endoftext|>`."""
+        path = Path(folder) / "tokenizer.json"
+        if not path.is_file():
+            raise UserError(f"{path} is missing; a model folder needs the tokenizer.json that HF tokenizers write.")
+        try:
+            tok = HFTokenizer.from_file(str(path))
+        except Exception as e:  # the tokenizers library raises a bare Exception on bad JSON
+            raise UserError(f"{path} could not be read as a tokenizer ({e}).") from None
+        config = {}
+        if (Path(folder) / "tokenizer_config.json").is_file():
+            config = json.loads((Path(folder) / "tokenizer_config.json").read_text())
+        eos = _token_content(config.get("eos_token"))
+        if eos is None and eos_token_id is not None:
+            eos = tok.id_to_token(eos_token_id)
+        return cls(tok, eos or "<|endoftext|>", _token_content(config.get("pad_token")))
+
+    def save(self, folder: Path) -> None:
+        folder = Path(folder)
+        self.tok.save(str(folder / "tokenizer.json"))
+        config = {"tokenizer_class": "PreTrainedTokenizerFast", "eos_token": self.eos_token,
+                  "pad_token": self.pad_token, "clean_up_tokenization_spaces": False}
+        (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")

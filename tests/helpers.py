@@ -1,0 +1,74 @@
+"""Checkpoints the tests build: random tiny configs written by transformers
+itself in the exact HF layout, with a small byte-level BPE tokenizer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+TOFU = SHARED / "data" / "tofu"
+needs_tofu = pytest.mark.skipif(not TOFU.is_dir(), reason=f"TOFU files not found at {TOFU}")
+
+TEXT = [
+    "Question: Where was the author born?\nAnswer: The author was born in Taipei, Taiwan.",
+    "Question: What genre does she write in?\nAnswer: She writes in the genre of leadership.",
+    "The quick brown fox jumps over the lazy dog. 0123456789 !?.,;:'\"()",
+]
+
+
+def byte_level_tokenizer(vocab_size: int = 300):
+    """A GPT-2-style byte-level BPE with `<|endoftext|>`, trained on a few lines."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<|endoftext|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(TEXT * 10, trainer)
+    return tok
+
+
+def hf_phi(seed: int = 0, **overrides):
+    """A random transformers PhiForCausalLM (fp32, eval mode)."""
+    from transformers import PhiConfig, PhiForCausalLM
+
+    cfg = dict(vocab_size=320, hidden_size=48, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+               partial_rotary_factor=0.5, rope_theta=10000.0, max_position_embeddings=128, layer_norm_eps=1e-5,
+               bos_token_id=None, eos_token_id=0, pad_token_id=0)
+    cfg.update(overrides)
+    torch.manual_seed(seed)
+    model = PhiForCausalLM(PhiConfig(**cfg)).eval()
+    with torch.no_grad():  # HF zero-initialises biases and LayerNorms; randomise them so they are tested
+        for name, p in model.named_parameters():
+            if name.endswith("bias") or "layernorm" in name:
+                p.add_(torch.randn_like(p) * 0.1)
+    return model
+
+
+def write_hf_phi(path: Path, seed: int = 0, **overrides):
+    """Write a random tiny Phi with transformers' save_pretrained plus a tokenizer.json; return the HF model."""
+    model = hf_phi(seed, **overrides)
+    model.save_pretrained(path)
+    byte_level_tokenizer().save(str(Path(path) / "tokenizer.json"))
+    return model
+
+
+def left_padded_batch(lengths: list[int], vocab: int, pad: int = 0, seed: int = 0):
+    """Random ids (B, T) left-padded to the longest length, and the mask."""
+    g = torch.Generator().manual_seed(seed)
+    T = max(lengths)
+    ids = torch.full((len(lengths), T), pad, dtype=torch.long)
+    mask = torch.zeros(len(lengths), T, dtype=torch.long)
+    for b, n in enumerate(lengths):
+        ids[b, T - n:] = torch.randint(1, vocab, (n,), generator=g)
+        mask[b, T - n:] = 1
+    return ids, mask
+
+
+def hf_positions(mask: torch.Tensor) -> torch.Tensor:
+    """Position ids as HF's generate derives them from a mask (independent of pmc_min)."""
+    return (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)
