@@ -181,6 +181,7 @@ class Attention(nn.Module):
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         if self.cache is not None:
             k, v = self.cache.update(input_pos, k, v)  # (B, H_kv, S, D)
+            k, v = k[:, :, :allowed.shape[-1]], v[:, :, :allowed.shape[-1]]  # the slots in use
         if self.n_kv_heads != self.n_heads:
             k = k.repeat_interleave(self.n_heads // self.n_kv_heads, dim=1)
             v = v.repeat_interleave(self.n_heads // self.n_kv_heads, dim=1)
@@ -249,18 +250,29 @@ class Transformer(nn.Module):
         for layer in self.layers:
             layer.self_attn.cache = KVCache(batch, max_len, c.num_key_value_heads, c.head_dim, self.dtype, self.device)
 
+    def repeat_cache(self, n: int) -> None:
+        """Copy every cached row n times (row b -> rows b*n .. b*n+n-1): a prompt
+        prefilled once serves n samples."""
+        for layer in self.layers:
+            cache = layer.self_attn.cache
+            cache.k, cache.v = cache.k.repeat_interleave(n, dim=0), cache.v.repeat_interleave(n, dim=0)
+
     def clear_cache(self) -> None:
         for layer in self.layers:
             layer.self_attn.cache = None
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                input_pos: torch.Tensor | None = None) -> torch.Tensor:
-        """Logits (B, T, V) for input_ids (B, T).
+                input_pos: torch.Tensor | None = None, last_only: bool = False,
+                kv_len: int | None = None) -> torch.Tensor:
+        """Logits (B, T, V) for input_ids (B, T); (B, 1, V) with last_only.
 
         Without a cache, attention_mask is (B, T) and may pad on the left or the
         right. With a cache (`setup_cache`), the T tokens go to cache slots
         `input_pos` (T,) and attention_mask is (B, S), a key mask over all S
-        cache slots: 1 for every real token written so far or now.
+        cache slots: 1 for every real token (slots not yet written may be 1
+        too: causality hides them). kv_len, when the caller knows it, limits
+        attention to the first kv_len slots: less work, but a shape that
+        changes every step (leave it None under torch.compile).
         """
         B, T = input_ids.shape
         if input_pos is None:
@@ -270,6 +282,8 @@ class Transformer(nn.Module):
             attention_mask = torch.ones(B, S, dtype=torch.long, device=input_ids.device)
         if attention_mask.shape != (B, S):
             raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)}, expected {(B, S)}.")
+        if kv_len is not None:
+            S, attention_mask = kv_len, attention_mask[:, :kv_len]
         key_mask = attention_mask.bool()
         # Position of a token = number of real tokens up to and including it, minus one.
         positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, input_pos]  # (B, T)
@@ -283,6 +297,8 @@ class Transformer(nn.Module):
         cos, sin = self.rotary(positions, x.dtype)
         for layer in self.layers:
             x = layer(x, cos, sin, allowed, input_pos)
+        if last_only:
+            x = x[:, -1:]
         return self.lm_head(self.final_layernorm(x))
 
 

@@ -1,0 +1,141 @@
+"""Batched top-p sampling with a static KV cache: PMC's inner loop.
+
+Every epoch PMC draws n answers to every forget question from the current
+model (paper Sec. 3; SPEC step 2), so this is where its time goes. The
+design follows gpt-fast: prompts x n rows left-padded into one batch, one
+prefill, then one token per step into a preallocated cache; temperature,
+top-k and top-p filtering and the draw itself stay on the device (the draw
+inverts the CDF at one uniform per row, with no host sync); the all-finished check syncs only every
+few steps. Large jobs are cut into batches by a token budget.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .model import Transformer
+from .tokenizer import Tokenizer
+
+
+def filter_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
+                  top_p: float = 1.0) -> torch.Tensor:
+    """Temperature, then top-k, then top-p (nucleus), as HF's
+    Temperature/TopK/TopPLogitsWarper chain: removed tokens become -inf.
+    Top-p sorts ascending and drops tokens whose cumulative probability is
+    <= 1 - p, always keeping the most likely one. logits: (B, V) float32."""
+    if temperature != 1.0:
+        logits = logits / temperature
+    if top_k:
+        kth = torch.topk(logits, min(top_k, logits.shape[-1])).values[..., -1:]  # (B, 1)
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=False)
+        cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
+        drop_sorted = cumulative <= 1 - top_p
+        drop_sorted[..., -1] = False
+        drop = drop_sorted.scatter(-1, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    return logits
+
+
+def draw(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """One token per row from probs (B, V), without a host sync (unlike
+    torch.multinomial): invert the CDF at one uniform per row. The first
+    index whose cumulative probability exceeds u always has probability > 0."""
+    cdf = probs.cumsum(dim=-1)  # (B, V)
+    u = torch.rand(probs.shape[0], 1, device=probs.device, generator=generator) * cdf[:, -1:]
+    return torch.searchsorted(cdf, u, right=True).squeeze(-1).clamp(max=probs.shape[-1] - 1)
+
+
+def pick_next(logits: torch.Tensor, greedy: bool, temperature: float, top_k: int | None, top_p: float,
+              generator: torch.Generator | None) -> torch.Tensor:
+    logits = logits.float()
+    if greedy:
+        return logits.argmax(dim=-1)
+    return draw(filter_logits(logits, temperature, top_k, top_p).softmax(dim=-1), generator)
+
+
+@torch.no_grad()
+def generate_batch(model: Transformer, prompts: list[list[int]], n: int, max_new_tokens: int, eos_id: int,
+                   pad_id: int, greedy: bool = False, temperature: float = 1.0, top_k: int | None = None,
+                   top_p: float = 1.0, generator: torch.Generator | None = None, sync_every: int = 8,
+                   decode=None) -> list[list[int]]:
+    """n completions for each prompt of one batch (rows prompt-major), each cut
+    before its first eos. Each prompt is prefilled once; its cache rows and
+    last logits are then copied to its n sample rows."""
+    device = model.device
+    U, P = len(prompts), max(len(p) for p in prompts)
+    B, S = U * n, P + max_new_tokens
+    ids = torch.full((U, P), pad_id, dtype=torch.long)
+    key_mask = torch.ones(U, S, dtype=torch.long)  # future slots may stay 1: causality hides them
+    for b, p in enumerate(prompts):
+        ids[b, P - len(p):] = torch.tensor(p, dtype=torch.long)
+        key_mask[b, :P - len(p)] = 0
+    ids, key_mask = ids.to(device), key_mask.to(device)
+
+    model.setup_cache(U, S)
+    try:
+        logits = model(ids, key_mask, torch.arange(P, device=device), last_only=True, kv_len=P)[:, -1]  # (U, V)
+        if n > 1:
+            model.repeat_cache(n)
+            logits, key_mask = logits.repeat_interleave(n, dim=0), key_mask.repeat_interleave(n, dim=0)
+        out = torch.full((B, max_new_tokens), pad_id, dtype=torch.long, device=device)
+        done = torch.zeros(B, dtype=torch.bool, device=device)
+        pos = torch.tensor([P], device=device)
+        step = model if decode is None else decode
+        for t in range(max_new_tokens):
+            token = pick_next(logits, greedy, temperature, top_k, top_p, generator)
+            token = token.masked_fill(done, pad_id)  # finished rows keep emitting pad
+            out[:, t] = token
+            done |= token == eos_id
+            if t + 1 == max_new_tokens or ((t + 1) % sync_every == 0 and bool(done.all())):
+                break
+            kv_len = P + t + 1 if decode is None else None  # static shapes when compiled
+            logits = step(token[:, None], key_mask, pos, last_only=True, kv_len=kv_len)[:, -1]
+            pos += 1
+    finally:
+        model.clear_cache()
+    rows = out.tolist()
+    return [row[:row.index(eos_id)] if eos_id in row else row for row in rows]
+
+
+def generate_ids(model: Transformer, prompts: list[list[int]], *, n: int = 1, max_new_tokens: int = 200,
+                 eos_id: int, pad_id: int, greedy: bool = False, temperature: float = 1.0,
+                 top_k: int | None = None, top_p: float = 1.0, seed: int | None = None,
+                 max_batch_tokens: int = 1 << 16, compile: bool = False) -> list[list[list[int]]]:
+    """n completions (token ids, cut before eos) for each prompt.
+
+    Prompts are sorted by length (less padding) and cut into batches of at
+    most max_batch_tokens cache slots (n rows of prompt + new tokens each)."""
+    if any(len(p) == 0 for p in prompts):
+        raise ValueError("Every prompt needs at least one token.")
+    if greedy:
+        n = 1
+    generator = None
+    if seed is not None:
+        generator = torch.Generator(device=model.device).manual_seed(seed)
+    decode = torch.compile(model, fullgraph=True, dynamic=False) if compile else None
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]), reverse=True)
+    results: list[list[list[int]]] = [[] for _ in prompts]
+    start = 0
+    while start < len(order):
+        width = n * (len(prompts[order[start]]) + max_new_tokens)  # the longest prompt of a batch comes first
+        size = max(1, min(len(order) - start, max_batch_tokens // width))
+        batch = order[start:start + size]
+        outs = generate_batch(model, [prompts[i] for i in batch], n, max_new_tokens, eos_id, pad_id, greedy,
+                              temperature, top_k, top_p, generator, decode=decode)
+        for j, i in enumerate(batch):
+            results[i] = outs[j * n:(j + 1) * n]
+        start += size
+    return results
+
+
+def generate(model: Transformer, tokenizer: Tokenizer, prompts: list[str], *, n: int = 1,
+             max_new_tokens: int = 200, temperature: float = 1.0, top_p: float = 1.0, top_k: int | None = None,
+             greedy: bool = False, seed: int | None = None, max_batch_tokens: int = 1 << 16,
+             compile: bool = False) -> list[list[str]]:
+    """n decoded answers for each prompt (one list per prompt)."""
+    ids = generate_ids(model, tokenizer.encode_batch(prompts), n=n, max_new_tokens=max_new_tokens,
+                       eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id, greedy=greedy, temperature=temperature,
+                       top_k=top_k, top_p=top_p, seed=seed, max_batch_tokens=max_batch_tokens, compile=compile)
+    return [tokenizer.decode_batch(per_prompt) for per_prompt in ids]

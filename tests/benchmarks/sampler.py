@@ -1,0 +1,98 @@
+"""Tokens/s of pmc_min's sampler and of transformers' generate on the same
+random Phi, same prompts, same n and settings (T 1.25, top_p 0.95, top_k 50,
+the PMC Phi config), and the ratio. eos is made unreachable so both write
+exactly prompts x n x max_new_tokens tokens.
+
+    python tests/benchmarks/sampler.py                        # tiny Phi on the CPU
+    python tests/benchmarks/sampler.py --size phi-1_5 --device cuda --dtype bfloat16 \\
+        --prompts 64 --n 5 --max-new-tokens 200              # phi-1.5-sized, random weights
+"""
+
+import argparse
+import tempfile
+import time
+
+import torch
+from transformers import PhiConfig, PhiForCausalLM
+
+import pmc_min
+from pmc_min.sample import generate_ids
+
+SIZES = {
+    "tiny": dict(vocab_size=1024, hidden_size=256, intermediate_size=1024, num_hidden_layers=4,
+                 num_attention_heads=8),
+    "phi-1_5": dict(vocab_size=51200, hidden_size=2048, intermediate_size=8192, num_hidden_layers=24,
+                    num_attention_heads=32),
+}
+
+parser = argparse.ArgumentParser()
+parser.add_argument("--size", choices=SIZES, default="tiny")
+parser.add_argument("--device", default="cpu")
+parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+parser.add_argument("--prompts", type=int, default=16)
+parser.add_argument("--n", type=int, default=5)
+parser.add_argument("--max-new-tokens", type=int, default=64)
+parser.add_argument("--compile", action="store_true", help="torch.compile pmc_min's decode step")
+args = parser.parse_args()
+dtype = getattr(torch, args.dtype)
+
+torch.manual_seed(0)
+cfg = PhiConfig(**SIZES[args.size], partial_rotary_factor=0.5, bos_token_id=None, eos_token_id=0, pad_token_id=0)
+hf = PhiForCausalLM(cfg).eval()
+with torch.no_grad():
+    hf.lm_head.bias[0] = -1e4  # eos (id 0) is never drawn
+with tempfile.TemporaryDirectory() as d:
+    hf.save_pretrained(d)
+    from tokenizers import Tokenizer, models
+    Tokenizer(models.WordLevel({"<|endoftext|>": 0, "[UNK]": 1}, unk_token="[UNK]")).save(f"{d}/tokenizer.json")
+    ours, _ = pmc_min.load(d, device=args.device, dtype=dtype)
+hf = hf.to(device=args.device, dtype=dtype)
+
+g = torch.Generator().manual_seed(1)
+prompts = [torch.randint(2, cfg.vocab_size, (int(torch.randint(8, 40, (1,), generator=g)),), generator=g).tolist()
+           for _ in range(args.prompts)]
+settings = dict(temperature=1.25, top_p=0.95, top_k=50)
+total = args.prompts * args.n * args.max_new_tokens
+
+
+def sync():
+    if args.device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def run_ours():
+    out = generate_ids(ours, prompts, n=args.n, max_new_tokens=args.max_new_tokens, eos_id=0, pad_id=0, seed=0,
+                       compile=args.compile, max_batch_tokens=1 << 20, **settings)
+    assert sum(len(o) for per in out for o in per) == total
+
+
+def run_hf():
+    P = max(map(len, prompts))
+    ids = torch.tensor([[0] * (P - len(p)) + p for p in prompts], device=args.device)
+    mask = (torch.arange(P, device=args.device)[None] >= torch.tensor([P - len(p) for p in prompts],
+                                                                       device=args.device)[:, None]).long()
+    with torch.no_grad():
+        out = hf.generate(input_ids=ids, attention_mask=mask, do_sample=True, num_return_sequences=args.n,
+                          max_new_tokens=args.max_new_tokens, min_new_tokens=args.max_new_tokens,
+                          eos_token_id=0, pad_token_id=0, **settings)
+    assert out.shape == (args.prompts * args.n, P + args.max_new_tokens)
+
+
+def timed(fn, repeats=3):
+    fn()  # warm-up (and compilation)
+    best = float("inf")
+    for _ in range(repeats):
+        sync()
+        t = time.perf_counter()
+        fn()
+        sync()
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+t_hf, t_ours = timed(run_hf), timed(run_ours)
+print(f"{args.size} Phi ({ours.num_parameters():,} params), {args.device} {args.dtype}, {args.prompts} prompts x "
+      f"n={args.n}, {args.max_new_tokens} new tokens, T=1.25 top_p=0.95 top_k=50")
+print(f"transformers generate: {total / t_hf:10,.0f} tokens/s")
+print(f"pmc_min generate_ids:  {total / t_ours:10,.0f} tokens/s")
+print(f"ratio pmc_min / transformers: {t_hf / t_ours:.2f}x")

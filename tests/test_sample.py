@@ -1,0 +1,128 @@
+"""The sampler against transformers' generate and warpers, and against the
+distribution it should draw from."""
+
+from collections import Counter
+
+import pytest
+import torch
+from hypothesis import given, strategies as st
+from transformers.generation.logits_process import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+
+import pmc_min
+from pmc_min.sample import draw, filter_logits, generate_ids
+from helpers import write_hf_phi
+
+PROMPTS = [[5, 17, 42, 9, 77, 3, 120], [8, 2], [33, 44, 55, 66], [200, 13, 7, 250, 31, 90, 11, 4, 19, 23], [61]]
+
+
+def hf_greedy(hf, prompts, max_new_tokens, eos_id, pad_id=0):
+    P = max(map(len, prompts))
+    ids = torch.tensor([[pad_id] * (P - len(p)) + p for p in prompts])
+    mask = torch.tensor([[0] * (P - len(p)) + [1] * len(p) for p in prompts])
+    out = hf.generate(input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=max_new_tokens,
+                      eos_token_id=eos_id, pad_token_id=pad_id, top_k=None, top_p=None, temperature=None)
+    rows = out[:, P:].tolist()
+    return [row[:row.index(eos_id)] if eos_id in row else row for row in rows]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    path = tmp_path_factory.mktemp("phi")
+    hf = write_hf_phi(path, seed=4, hidden_size=64, num_attention_heads=4, num_hidden_layers=2,
+                      initializer_range=0.5)  # large weights: diverse greedy continuations
+    model, tok = pmc_min.load(path)
+    return hf, model
+
+
+def test_greedy_is_token_identical_to_transformers_with_early_eos(tiny):
+    hf, model = tiny
+    free = hf_greedy(hf, PROMPTS, 24, eos_id=-1)  # no eos: what each row would write
+    # Call "eos" the token most rows write at some point: those rows stop early, at different steps.
+    eos = Counter(t for row in free for t in set(row[1:])).most_common(1)[0][0]
+    expected = hf_greedy(hf, PROMPTS, 24, eos_id=eos)
+    lengths = sorted(map(len, expected))
+    assert lengths[0] < lengths[1] < 24 and len(set(lengths)) >= 3
+    got = generate_ids(model, PROMPTS, greedy=True, max_new_tokens=24, eos_id=eos, pad_id=0)
+    assert [g[0] for g in got] == expected
+    # Cut into many small batches by the token budget: still identical.
+    small = generate_ids(model, PROMPTS, greedy=True, max_new_tokens=24, eos_id=eos, pad_id=0, max_batch_tokens=40)
+    assert [g[0] for g in small] == expected
+
+
+@given(vocab=st.integers(1, 300), temperature=st.floats(0.1, 3.0), top_k=st.one_of(st.none(), st.integers(1, 400)),
+       top_p=st.floats(0.01, 1.0), seed=st.integers(0, 2**16), scale=st.sampled_from([0.1, 1.0, 10.0]))
+def test_filter_equals_transformers_warpers(vocab, temperature, top_k, top_p, seed, scale):
+    logits = torch.randn(3, vocab, generator=torch.Generator().manual_seed(seed)) * scale
+    logits[0, : vocab // 2] = logits[0, 0]  # ties
+    expected = logits.clone()
+    warpers = [TemperatureLogitsWarper(temperature)]
+    if top_k:
+        warpers.append(TopKLogitsWarper(top_k))
+    if top_p < 1.0:
+        warpers.append(TopPLogitsWarper(top_p))
+    for w in warpers:
+        expected = w(None, expected)
+    assert torch.equal(filter_logits(logits, temperature, top_k, top_p), expected)
+
+
+CHI2_999 = {4: 18.467, 9: 27.877}  # 0.999 quantiles of the chi-square distribution
+
+
+def chi_square(counts: torch.Tensor, probs: torch.Tensor) -> float:
+    expected = probs * counts.sum()
+    return float(((counts - expected) ** 2 / expected).sum())
+
+
+def test_draw_frequencies_match_the_filtered_distribution():
+    logits = torch.tensor([[2.0, 1.5, 1.0, 0.5, 0.0, -1.0, -2.0, -3.0]])
+    probs = filter_logits(logits, temperature=1.25, top_p=0.9).softmax(-1)[0]  # 5 tokens survive
+    kept = probs > 0
+    assert int(kept.sum()) == 5
+    g = torch.Generator().manual_seed(0)
+    tokens = draw(probs.expand(40_000, -1).contiguous(), g)
+    counts = torch.bincount(tokens, minlength=8).double()
+    assert counts[~kept].sum() == 0
+    assert chi_square(counts[kept], probs[kept].double()) < CHI2_999[4]
+
+
+def test_generated_first_tokens_follow_the_model_distribution(tiny):
+    hf, model = tiny
+    prompt = PROMPTS[0]
+    with torch.no_grad():
+        logits = hf(input_ids=torch.tensor([prompt])).logits[:, -1]
+    probs = filter_logits(logits, temperature=1.3, top_k=10, top_p=1.0).softmax(-1)[0].double()
+    out = generate_ids(model, [prompt], n=3000, max_new_tokens=1, eos_id=-1, pad_id=0, temperature=1.3, top_k=10,
+                       seed=1)
+    counts = torch.bincount(torch.tensor([o[0] for o in out[0]]), minlength=probs.numel()).double()
+    kept = probs > 0
+    assert counts[~kept].sum() == 0
+    assert chi_square(counts[kept], probs[kept]) < CHI2_999[9]
+
+
+def test_seeded_sampling_is_deterministic(tiny):
+    _, model = tiny
+    kw = dict(n=3, max_new_tokens=12, eos_id=-1, pad_id=0, temperature=1.25, top_p=0.95, top_k=50)
+    a = generate_ids(model, PROMPTS, seed=7, **kw)
+    assert a == generate_ids(model, PROMPTS, seed=7, **kw)
+    assert a != generate_ids(model, PROMPTS, seed=8, **kw)
+    assert all(len(per) == 3 for per in a)
+
+
+def test_generate_decodes_strings(tiny, tmp_path):
+    _, model = tiny
+    from helpers import byte_level_tokenizer
+    from pmc_min.tokenizer import Tokenizer
+    tok = Tokenizer(byte_level_tokenizer(), "<|endoftext|>")
+    out = pmc_min.generate(model, tok, ["Question: Where?\n", "Hi"], n=2, max_new_tokens=5, seed=0,
+                           temperature=1.25, top_p=0.95)
+    assert len(out) == 2 and all(len(o) == 2 and all(isinstance(s, str) for s in o) for o in out)
+
+
+def test_n_samples_share_one_prefill_exactly(tiny):
+    # top_k=1 makes sampling deterministic: each of the n rows built from one
+    # shared prefill must then write transformers' greedy continuation.
+    hf, model = tiny
+    expected = hf_greedy(hf, PROMPTS, 16, eos_id=-1)
+    got = generate_ids(model, PROMPTS, n=3, max_new_tokens=16, eos_id=-1, pad_id=0, temperature=1.25, top_k=1,
+                       seed=0, max_batch_tokens=120)
+    assert got == [[e] * 3 for e in expected]
