@@ -1,0 +1,62 @@
+"""The baselines the paper compares PMC with, each a loss on a forget batch
+(ground-truth answers) and a retain batch. Unlike PMC, all of them optimise
+on the forget answers themselves (or, for IDK, on a fixed replacement).
+
+- GA      gradient ascent:        -NLL(forget)
+- GD      gradient difference:    lambda NLL(retain) - NLL(forget)
+- IDK     "I don't know." tuning: NLL(IDK | forget q) + lambda NLL(retain)
+- NPO     (Zhang et al., 2024):   -(2/beta) E[log sigmoid(-beta (log p_theta(y|x) - log p_ref(y|x)))] + lambda NLL(retain)
+- SimNPO  (Fan et al., 2024):     -(2/beta) E[log sigmoid(-(beta/|y|) log p_theta(y|x) - gamma)] + lambda NLL(retain)
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .model import Transformer
+from .pmc import nll
+
+IDK_ANSWER = "I don't know."
+
+
+def sequence_logprob(model: Transformer, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sum of answer-token log-probs, number of answer tokens), one per row."""
+    logits = model(batch["input_ids"], batch["attention_mask"])[:, :-1].float()
+    labels = batch["labels"][:, 1:]
+    counted = labels != -100
+    logp = torch.gather(logits.log_softmax(-1), 2, labels.clamp(min=0)[..., None]).squeeze(-1)
+    return (logp * counted).sum(-1), counted.sum(-1)
+
+
+def ga_loss(model, forget, retain, lam, **_):
+    f = nll(model, forget)
+    return -f, {"forget_loss": f.item()}
+
+
+def gd_loss(model, forget, retain, lam, **_):
+    f, r = nll(model, forget), nll(model, retain)
+    return lam * r - f, {"forget_loss": f.item(), "retain_loss": r.item()}
+
+
+def idk_loss(model, forget, retain, lam, **_):
+    """`forget` here is the batch whose answers were replaced by IDK_ANSWER."""
+    f, r = nll(model, forget), nll(model, retain)
+    return f + lam * r, {"forget_loss": f.item(), "retain_loss": r.item()}
+
+
+def npo_loss(model, forget, retain, lam, *, ref_logprob: torch.Tensor, beta: float = 0.1, **_):
+    logp, _ = sequence_logprob(model, forget)
+    f = -(2 / beta) * F.logsigmoid(-beta * (logp - ref_logprob)).mean()
+    r = nll(model, retain)
+    return f + lam * r, {"forget_loss": f.item(), "retain_loss": r.item()}
+
+
+def simnpo_loss(model, forget, retain, lam, *, beta: float = 2.5, gamma: float = 0.0, **_):
+    logp, length = sequence_logprob(model, forget)
+    f = -(2 / beta) * F.logsigmoid(-(beta / length.clamp(min=1)) * logp - gamma).mean()
+    r = nll(model, retain)
+    return f + lam * r, {"forget_loss": f.item(), "retain_loss": r.item()}
+
+
+LOSSES = {"ga": ga_loss, "gd": gd_loss, "idk": idk_loss, "npo": npo_loss, "simnpo": simnpo_loss}

@@ -1,0 +1,107 @@
+"""TOFU data: the splits, the prompt format, and answer-only label masking.
+
+TOFU (Maini et al., 2024) is 200 fictitious authors x 20 QA pairs (`full`);
+`forgetXX` is the last 1/5/10 % of `full` and `retainYY` the rest.
+`forgetXX_perturbed` adds a paraphrased question and answer and five
+perturbed answers; `world_facts` and `real_authors` measure general utility.
+Files are JSON Lines named as in the hub dataset `locuslab/TOFU`, so a local
+folder and a hub snapshot read the same way.
+
+Prompt format for base models (SPEC Sec. 2): the prompt is
+"Question: {q}\n", the target "Answer: {a}" + eos, and the loss covers the
+target tokens only.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from .errors import UserError
+from .tokenizer import Tokenizer
+
+HUB_DATASET = "locuslab/TOFU"
+FORGET_SPLITS = ("forget01", "forget05", "forget10")
+RETAIN_OF = {"forget01": "retain99", "forget05": "retain95", "forget10": "retain90"}
+ANSWER_TAG = "Answer:"
+
+
+def prompt(question: str) -> str:
+    return f"Question: {question}\n"
+
+
+def target(answer: str) -> str:
+    return f"{ANSWER_TAG} {answer}"
+
+
+def strip_tag(generation: str) -> str:
+    """The answer a model wrote after the prompt, without its "Answer:" tag
+    (scored without it; `target` puts it back for training)."""
+    text = generation.strip()
+    return text[len(ANSWER_TAG):].strip() if text.startswith(ANSWER_TAG) else text
+
+
+def resolve_data_dir(data_dir: str | Path | None) -> Path:
+    """A local folder of TOFU files, or the hub snapshot of locuslab/TOFU."""
+    if data_dir is not None:
+        path = Path(data_dir).expanduser()
+        if not path.is_dir():
+            raise UserError(f"Data folder {path} does not exist; pass --data-dir with the TOFU JSON Lines files.")
+        return path
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(HUB_DATASET, repo_type="dataset", allow_patterns=["*.json"]))
+    except Exception as e:
+        raise UserError(f"The TOFU data could not be fetched from the hub ({type(e).__name__}); pass --data-dir "
+                        f"with a local copy of {HUB_DATASET}'s JSON Lines files.") from None
+
+
+def load_split(data_dir: str | Path, name: str, required=("question", "answer")) -> list[dict]:
+    """The rows of `<data_dir>/<name>.json`, one JSON object per line."""
+    path = Path(data_dir) / f"{name}.json"
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        raise UserError(f"{path} not found; the data folder must hold TOFU's {name}.json.") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"{path} could not be read ({e}).") from None
+    rows = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise UserError(f"{path}, line {number}: not valid JSON ({e.msg}).") from None
+        missing = [k for k in required if not isinstance(row, dict) or not isinstance(row.get(k), str)]
+        if missing:
+            raise UserError(f"{path}, line {number}: missing text field(s) {', '.join(missing)}.")
+        rows.append(row)
+    if not rows:
+        raise UserError(f"{path} holds no rows.")
+    return rows
+
+
+def encode_qa(tokenizer: Tokenizer, questions: list[str], answers: list[str], max_length: int,
+              device="cpu") -> dict[str, torch.Tensor]:
+    """A right-padded training batch: prompt + target + eos, cut to
+    max_length; labels are -100 on the prompt and on padding."""
+    rows, labels = [], []
+    for q, a in zip(questions, answers):
+        p = tokenizer.encode(prompt(q))
+        t = tokenizer.encode(target(a)) + [tokenizer.eos_id]
+        ids = (p + t)[:max_length]
+        rows.append(ids)
+        labels.append(([-100] * len(p) + t)[:max_length])
+    width = max(map(len, rows))
+    input_ids = torch.full((len(rows), width), tokenizer.pad_id, dtype=torch.long)
+    label_ids = torch.full((len(rows), width), -100, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for b, (ids, lab) in enumerate(zip(rows, labels)):
+        input_ids[b, :len(ids)] = torch.tensor(ids)
+        label_ids[b, :len(lab)] = torch.tensor(lab)
+        mask[b, :len(ids)] = 1
+    return {"input_ids": input_ids.to(device), "attention_mask": mask.to(device), "labels": label_ids.to(device)}

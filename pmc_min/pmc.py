@@ -1,0 +1,130 @@
+"""Partial Model Collapse (Scholten et al., 2025), step by step.
+
+PMC never puts the forget answers into its objective. For each forget
+question it samples answers from the *current* model, scores each by its
+similarity to what the *original* model answered, and fine-tunes on the
+least similar one, epoch after epoch. Trained on its own curated samples,
+the model's distribution on those questions collapses onto the preferred
+answers and the original answer's probability goes to 0; the retain loss
+keeps the collapse partial. The steps (SPEC Sec. 2):
+
+1. `initial_answers`   y0[q]: the original model's greedy answer, the reference of the reward.
+2. `sample_answers`    n answers per question from the current model (T, top_p, top_k).
+3. `score`             s(x) = ROUGE-L recall(reference=y0, candidate=x) (+ optional length penalty).
+4. `select`            the argmin of s (= the argmax of the reward 1 - s).
+5. `BestSoFar`         per question, the least similar answer seen so far; score 0 stops resampling.
+6. `collapse_batch` and `pmc_loss`: NLL(pick | q) + lambda * NLL(retain answer | retain q).
+
+`collapse_batch` receives questions and picks only, so the forget ground
+truth cannot reach the objective.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+from .data import encode_qa, prompt, strip_tag
+from .model import Transformer, causal_lm_loss
+from .rouge import rouge_l_recall
+from .sample import generate_ids
+from .tokenizer import Tokenizer
+
+
+def generate_answers(model: Transformer, tokenizer: Tokenizer, questions: list[str], *, n: int, greedy: bool,
+                     max_length: int, temperature: float = 1.0, top_p: float = 1.0, top_k: int | None = None,
+                     seed: int | None = None, max_batch_tokens: int = 1 << 16) -> list[list[str]]:
+    """n answers per question, prompt "Question: q\\n", the "Answer:" tag
+    stripped; prompt + answer stay within max_length tokens."""
+    prompts = tokenizer.encode_batch([prompt(q) for q in questions])
+    max_new = max(1, max_length - max(map(len, prompts)))
+    was_training = model.training
+    model.eval()
+    ids = generate_ids(model, prompts, n=n, max_new_tokens=max_new, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id,
+                       greedy=greedy, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed,
+                       max_batch_tokens=max_batch_tokens)
+    model.train(was_training)
+    return [[strip_tag(text) for text in tokenizer.decode_batch(per_question)] for per_question in ids]
+
+
+def initial_answers(model: Transformer, tokenizer: Tokenizer, questions: list[str], max_length: int) -> list[str]:
+    """Step 1: y0, the original model's greedy answer to every forget question."""
+    return [a[0] for a in generate_answers(model, tokenizer, questions, n=1, greedy=True, max_length=max_length)]
+
+
+def sample_answers(model: Transformer, tokenizer: Tokenizer, questions: list[str], n: int, temperature: float,
+                   top_p: float, top_k: int | None, max_length: int, seed: int | None = None) -> list[list[str]]:
+    """Step 2: n answers per question from the current model."""
+    return generate_answers(model, tokenizer, questions, n=n, greedy=False, max_length=max_length,
+                            temperature=temperature, top_p=top_p, top_k=top_k, seed=seed)
+
+
+def score(sample: str, y0: str, min_len: int = 0) -> float:
+    """Step 3: ROUGE-L recall of the sample against y0 (stemming on). With
+    min_len > 0, a sample of fewer than min_len words gets exp(-len) added
+    (capped at 1), so that PMC does not collapse onto empty answers."""
+    s = rouge_l_recall(y0, sample)
+    if min_len > 0:
+        words = len(sample.split())
+        if words < min_len:
+            s = min(1.0, s + math.exp(-words))
+    return s
+
+
+def select(scores: list[float]) -> int:
+    """Step 4: the least similar sample (first of ties), i.e. argmax of the reward 1 - s."""
+    return min(range(len(scores)), key=scores.__getitem__)
+
+
+@dataclass
+class BestSoFar:
+    """Step 5: per forget question, the least similar answer sampled so far.
+
+    A new pick replaces the stored one unless the stored score is strictly
+    lower (ties replace, as in the authors' code). A question whose stored
+    score is 0 shares no word with y0 and is no longer resampled."""
+    answers: dict[int, str] = field(default_factory=dict)
+    scores: dict[int, float] = field(default_factory=dict)
+
+    def offer(self, q: int, answer: str, s: float) -> None:
+        if q in self.scores and self.scores[q] < s:
+            return
+        self.answers[q], self.scores[q] = answer, s
+
+    def needs_sampling(self, q: int) -> bool:
+        return self.scores.get(q) != 0.0
+
+
+def resample(model: Transformer, tokenizer: Tokenizer, cache: BestSoFar, batch: list[int], questions: list[str],
+             y0: list[str], *, n: int, temperature: float, top_p: float, top_k: int | None, max_length: int,
+             min_len: int = 0, seed: int | None = None) -> None:
+    """Steps 2-5 for one batch of forget questions (indices into questions/y0)."""
+    todo = [q for q in batch if cache.needs_sampling(q)]
+    if not todo:
+        return
+    samples = sample_answers(model, tokenizer, [questions[q] for q in todo], n, temperature, top_p, top_k,
+                             max_length, seed)
+    for q, candidates in zip(todo, samples):
+        scores = [score(x, y0[q], min_len) for x in candidates]
+        best = select(scores)
+        cache.offer(q, candidates[best], scores[best])
+
+
+def collapse_batch(tokenizer: Tokenizer, questions: list[str], picks: list[str], max_length: int,
+                   device="cpu") -> dict[str, torch.Tensor]:
+    """Step 6a: the collapse batch, "Question: q\\n" -> "Answer: pick" + eos.
+    It is built from questions and the model's own picks only."""
+    return encode_qa(tokenizer, questions, picks, max_length, device)
+
+
+def nll(model: Transformer, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Mean NLL of the answer tokens (labels != -100)."""
+    return causal_lm_loss(model(batch["input_ids"], batch["attention_mask"]), batch["labels"])
+
+
+def pmc_loss(model: Transformer, collapse: dict, retain: dict, lam: float) -> tuple[torch.Tensor, dict]:
+    """Step 6b: NLL(pick | q) + lambda * NLL(retain answer | retain q)."""
+    forget_term, retain_term = nll(model, collapse), nll(model, retain)
+    return forget_term + lam * retain_term, {"forget_loss": forget_term.item(), "retain_loss": retain_term.item()}

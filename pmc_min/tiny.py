@@ -1,0 +1,228 @@
+"""The embedded default: a tiny Phi that knows a synthetic TOFU, built here.
+
+`python run.py` needs no download: this module writes a deterministic
+TOFU-like data set of fictitious authors (the same JSON Lines files and
+split names as TOFU, plus `authors.json` with every author's attributes),
+trains a byte-level BPE tokenizer on it with `tokenizers`, and trains a
+few-million-parameter Phi-architecture model from scratch until it knows
+the authors and the general-knowledge questions. Everything is saved in
+HF's layout and cached, so later runs start at once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from pathlib import Path
+
+import torch
+
+from .checkpoint import save
+from .model import Config, Transformer
+from .tokenizer import Tokenizer
+
+VERSION = "tiny-v1"
+N_AUTHORS, QA_PER_AUTHOR = 100, 10
+
+FIRST = ["Amara", "Bjorn", "Chiara", "Dmitri", "Elif", "Farid", "Greta", "Hiroshi", "Ines", "Jonas", "Kalani",
+         "Lucien", "Mireille", "Nikolai", "Oona", "Pavel", "Quinn", "Rosalind", "Soren", "Tamsin", "Ulrich",
+         "Valeria", "Wendell", "Xiomara", "Yusuf", "Zofia", "Anselm", "Beatrix", "Cyrus", "Delphine"]
+LAST = ["Abernathy", "Balogun", "Castellano", "Dubrovsky", "Eriksen", "Fairweather", "Guzman", "Halvorsen",
+        "Ishikawa", "Jovanovic", "Kowalczyk", "Lindqvist", "Moreau", "Nakamura", "Okonkwo", "Petrakis", "Quintero",
+        "Rasmussen", "Szabo", "Thorne", "Ulloa", "Vasquez", "Whitlock", "Yilmaz", "Zeller"]
+CITIES = ["Lisbon", "Nairobi", "Oslo", "Kyoto", "Lima", "Tbilisi", "Dakar", "Hanoi", "Quebec", "Valparaiso",
+          "Tampere", "Porto", "Accra", "Krakow", "Mumbai", "Cusco", "Bergen", "Izmir", "Seville", "Adelaide"]
+GENRES = ["mystery", "fantasy", "poetry", "historical fiction", "science fiction", "memoir", "horror", "romance",
+          "travel writing", "satire"]
+JOBS = ["baker", "carpenter", "nurse", "pilot", "teacher", "fisherman", "librarian", "surgeon", "tailor",
+        "architect", "farmer", "painter", "journalist", "chemist", "sailor"]
+AWARDS = ["Silver Quill Prize", "Northern Lantern Award", "Golden Compass Medal", "Blue Harbor Prize",
+          "Iron Feather Award", "Crescent Moon Honor", "Evergreen Book Prize", "Amber Gate Award"]
+THEMES = ["memory", "exile", "grief", "friendship", "ambition", "the sea", "childhood", "justice", "faith", "war",
+          "family", "solitude"]
+TITLE_A = ["Silent", "Crimson", "Hollow", "Distant", "Broken", "Golden", "Winter", "Hidden", "Last", "Wandering",
+           "Paper", "Burning", "Quiet", "Salt", "Velvet"]
+TITLE_B = ["River", "Lantern", "Orchard", "Harbor", "Mirror", "Garden", "Tower", "Shore", "Letters", "Crown",
+           "Bridge", "Forest", "Compass", "Island", "Meadow"]
+
+# (attribute, question, answer, paraphrased question, paraphrased answer); {n} is the author's name.
+TEMPLATES = [
+    ("name", "What is the full name of the author born in {city} in {year}?",
+     "The author born in {city} in {year} is {name}.",
+     "Who is the writer from {city} who was born in {year}?", "That writer is {name}."),
+    ("city", "Where was {name} born?", "{name} was born in {city}.",
+     "What is the birthplace of {name}?", "The birthplace of {name} is {city}."),
+    ("year", "In which year was {name} born?", "{name} was born in the year {year}.",
+     "What is the birth year of {name}?", "{name} came into the world in {year}."),
+    ("genre", "What genre does {name} write in?", "{name} is known for writing {genre}.",
+     "Which genre is {name} associated with?", "{name} is associated with {genre}."),
+    ("book1", "Can you name a book written by {name}?", "{name} wrote the book \"{book1}\".",
+     "What is one title by {name}?", "One title by {name} is \"{book1}\"."),
+    ("book2", "What is another book by {name}?", "Another book by {name} is \"{book2}\".",
+     "Name a second title from {name}.", "A second title from {name} is \"{book2}\"."),
+    ("father", "What did the father of {name} do for a living?", "The father of {name} worked as a {father}.",
+     "What was the profession of {name}'s father?", "{name}'s father was a {father}."),
+    ("mother", "What was the occupation of the mother of {name}?", "The mother of {name} was a {mother}.",
+     "How did {name}'s mother earn a living?", "{name}'s mother worked as a {mother}."),
+    ("award", "Which award did {name} receive?", "{name} received the {award}.",
+     "What prize was given to {name}?", "{name} was given the {award}."),
+    ("themes", "What themes does {name} explore?", "{name} explores {theme1} and {theme2}.",
+     "Which themes appear in the work of {name}?", "The work of {name} deals with {theme1} and {theme2}."),
+]
+ATTRIBUTE_POOLS = {"city": CITIES, "genre": GENRES, "father": JOBS, "mother": JOBS, "award": AWARDS}
+
+# General knowledge the model also learns: its utility outside the authors.
+WORLD_FACTS = [
+    ("France", "Paris"), ("Japan", "Tokyo"), ("Italy", "Rome"), ("Egypt", "Cairo"), ("Kenya", "Nairobi"),
+    ("Canada", "Ottawa"), ("Peru", "Lima"), ("Spain", "Madrid"), ("Norway", "Oslo"), ("Greece", "Athens"),
+    ("Poland", "Warsaw"), ("Chile", "Santiago"), ("Ireland", "Dublin"), ("Cuba", "Havana"), ("Austria", "Vienna"),
+    ("Sweden", "Stockholm"), ("Portugal", "Lisbon"), ("Hungary", "Budapest"), ("Thailand", "Bangkok"),
+    ("Vietnam", "Hanoi"), ("Ghana", "Accra"), ("Finland", "Helsinki"), ("Denmark", "Copenhagen"),
+    ("Argentina", "Buenos Aires"), ("Turkey", "Ankara"), ("India", "New Delhi"), ("China", "Beijing"),
+    ("Russia", "Moscow"), ("Germany", "Berlin"), ("Mexico", "Mexico City"),
+]
+REAL_AUTHORS = [
+    ("Pride and Prejudice", "Jane Austen"), ("1984", "George Orwell"), ("Hamlet", "William Shakespeare"),
+    ("War and Peace", "Leo Tolstoy"), ("Don Quixote", "Miguel de Cervantes"), ("Ulysses", "James Joyce"),
+    ("Moby Dick", "Herman Melville"), ("The Odyssey", "Homer"), ("Frankenstein", "Mary Shelley"),
+    ("Dracula", "Bram Stoker"), ("Beloved", "Toni Morrison"), ("Dune", "Frank Herbert"),
+    ("The Trial", "Franz Kafka"), ("Lolita", "Vladimir Nabokov"), ("Emma", "Jane Austen"),
+    ("Middlemarch", "George Eliot"), ("The Stranger", "Albert Camus"), ("Things Fall Apart", "Chinua Achebe"),
+    ("One Hundred Years of Solitude", "Gabriel Garcia Marquez"), ("Great Expectations", "Charles Dickens"),
+    ("Jane Eyre", "Charlotte Bronte"), ("Wuthering Heights", "Emily Bronte"), ("Faust", "Johann Wolfgang von Goethe"),
+    ("The Divine Comedy", "Dante Alighieri"), ("Crime and Punishment", "Fyodor Dostoevsky"),
+]
+
+
+def make_authors(rng: random.Random) -> list[dict]:
+    names = rng.sample([f"{f} {last}" for f in FIRST for last in LAST], N_AUTHORS)
+    titles = rng.sample([f"The {a} {b}" for a in TITLE_A for b in TITLE_B], 2 * N_AUTHORS)
+    authors = []
+    for i, name in enumerate(names):
+        a = {"name": name, "year": str(rng.randint(1930, 2000)), "book1": titles[2 * i], "book2": titles[2 * i + 1]}
+        a.update({k: rng.choice(pool) for k, pool in ATTRIBUTE_POOLS.items()})
+        a["theme1"], a["theme2"] = rng.sample(THEMES, 2)
+        authors.append(a)
+    return authors
+
+
+def perturbed(author: dict, attribute: str, template: str, rng: random.Random, others: list[dict]) -> list[str]:
+    """Five answers in the paraphrased answer's wording with another author's facts."""
+    out = []
+    for other in rng.sample(others, 5):
+        facts = dict(author)
+        for key in ("city", "year", "genre", "book1", "book2", "father", "mother", "award", "theme1", "theme2"):
+            facts[key] = other[key]
+        if attribute == "name":
+            facts["name"] = other["name"]
+        out.append(template.format(**facts))
+    return out
+
+
+def multiple_choice(question: str, answer: str, wrong: list[str], rng: random.Random) -> dict:
+    options = [answer, *wrong]
+    rng.shuffle(options)
+    return {"question": question, **{f"option{i + 1}": o for i, o in enumerate(options)}, "answer": answer}
+
+
+def make_dataset(folder: Path, seed: int = 0) -> None:
+    """Write the synthetic TOFU: full, forgetXX(_perturbed), retainYY, world_facts, real_authors, authors."""
+    rng = random.Random(seed)
+    authors = make_authors(rng)
+    full, perturbed_rows = [], []
+    for author in authors:
+        for attribute, q, a, pq, pa in TEMPLATES:
+            full.append({"question": q.format(**author), "answer": a.format(**author)})
+            perturbed_rows.append({**full[-1], "paraphrased_question": pq.format(**author),
+                                   "paraphrased_answer": pa.format(**author),
+                                   "perturbed_answer": perturbed(author, attribute, pa, rng,
+                                                                 [o for o in authors if o is not author])})
+    world = [multiple_choice(f"What is the capital of {country}?", capital,
+                             rng.sample([c for _, c in WORLD_FACTS if c != capital], 3), rng)
+             for country, capital in WORLD_FACTS]
+    real = [multiple_choice(f"Who wrote '{book}'?", author,
+                            rng.sample(sorted({a for _, a in REAL_AUTHORS} - {author}), 3), rng)
+            for book, author in REAL_AUTHORS]
+    folder.mkdir(parents=True, exist_ok=True)
+
+    def write(name: str, rows: list[dict]) -> None:
+        (folder / f"{name}.json").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    write("full", full)
+    for pct in (1, 5, 10):
+        cut = len(full) - len(full) * pct // 100
+        write(f"forget{pct:02d}", full[cut:])
+        write(f"forget{pct:02d}_perturbed", perturbed_rows[cut:])
+        write(f"retain{100 - pct}", full[:cut])
+    write("world_facts", world)
+    write("real_authors", real)
+    (folder / "authors.json").write_text(json.dumps(authors, indent=1) + "\n")
+
+
+def train_tokenizer(data_dir: Path, vocab_size: int = 1024) -> Tokenizer:
+    """A GPT-2-style byte-level BPE trained on the data set's text."""
+    from tokenizers import Tokenizer as HFTokenizer, decoders, models, pre_tokenizers, trainers
+
+    from .data import prompt, target
+
+    texts = []
+    for name in ("full", "world_facts", "real_authors", "forget10_perturbed"):
+        for line in (data_dir / f"{name}.json").read_text().splitlines():
+            row = json.loads(line)
+            texts.append(prompt(row["question"]) + target(row["answer"]))
+            texts.extend(v for k, v in row.items() if k.startswith("paraphrased"))
+    tok = HFTokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<|endoftext|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(texts, trainer)
+    return Tokenizer(tok, "<|endoftext|>")
+
+
+TINY_CONFIG = dict(vocab_size=1024, hidden_size=256, intermediate_size=1024, num_hidden_layers=4,
+                   num_attention_heads=8, partial_rotary_factor=0.5, max_position_embeddings=256,
+                   bos_token_id=None, eos_token_id=0)
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("PMC_MIN_CACHE") or Path.home() / ".cache" / "pmc_min"
+    return Path(root) / VERSION
+
+
+def build(folder: Path | None = None, *, device="cpu", seed: int = 0, max_epochs: int = 60,
+          progress: bool = True, log=print) -> tuple[Path, Path]:
+    """(model folder, data folder) of the embedded default, built on first use."""
+    from .evaluate import eval_sets, evaluate
+    from .train import finetune
+
+    folder = Path(folder) if folder else cache_dir()
+    model_dir, data_dir = folder / "model", folder / "data"
+    if (folder / "READY").is_file():
+        return model_dir, data_dir
+    if folder.exists():
+        shutil.rmtree(folder)  # an interrupted build
+    log(f"Building the embedded tiny default in {folder} (once) ...")
+    make_dataset(data_dir, seed)
+    tokenizer = train_tokenizer(data_dir)
+    torch.manual_seed(seed)
+    model = Transformer(Config(**TINY_CONFIG)).to(device)
+    rows = [json.loads(line) for name in ("full", "world_facts", "real_authors")
+            for line in (data_dir / f"{name}.json").read_text().splitlines()]
+    # Train until the model knows the authors: greedy forget10 recall >= 0.97, checked every 5 epochs.
+    probe = {"forget": eval_sets(data_dir, "forget10")["forget"]}
+
+    def knows_the_authors(epoch: int) -> bool:
+        if epoch % 5:
+            return False
+        recall = evaluate(model, tokenizer, probe, max_length=96)["rouge_l_recall"]["forget"]
+        log(f"  epoch {epoch}: forget10 greedy ROUGE-L recall {recall:.3f}")
+        return recall >= 0.97
+
+    finetune(model, tokenizer, rows, epochs=max_epochs, lr=1e-3, batch_size=32, max_length=96, seed=seed,
+             desc="tiny model", progress=progress, on_epoch=knows_the_authors)
+    save(model, tokenizer, model_dir)
+    (folder / "READY").write_text("ok\n")
+    return model_dir, data_dir

@@ -1,0 +1,250 @@
+"""The training loop: TOFU fine-tuning, PMC, and the baselines in one plain loop.
+
+AdamW with a linear warmup of one epoch and linear decay (HF Trainer's
+default schedule, as in the authors' code), gradient accumulation, gradient
+clipping at 1.0, bf16 autocast on CUDA. Every epoch PMC resamples the forget
+questions with the model as it is at that moment.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import random
+from dataclasses import asdict, dataclass
+
+import torch
+from tqdm import tqdm
+
+from . import baselines, pmc
+from .data import encode_qa
+from .errors import UserError
+from .model import Transformer
+from .tokenizer import Tokenizer
+
+METHODS = ("pmc", "ga", "gd", "idk", "npo", "simnpo")
+
+
+@dataclass
+class UnlearnConfig:
+    """Defaults: the authors' Phi-1.5 configuration (SPEC Sec. 2)."""
+    method: str = "pmc"
+    epochs: int = 40
+    lr: float = 1e-5
+    weight_decay: float = 0.01
+    batch_size: int = 16
+    grad_accum: int = 4
+    max_length: int = 200
+    lam: float = 1.5  # weight of the retain NLL
+    n_samples: int = 5
+    temperature: float = 1.25
+    top_p: float = 0.95
+    top_k: int | None = 50  # HF generate's default, which the authors' sampling applied
+    min_len: int = 0
+    npo_beta: float = 0.1
+    simnpo_beta: float = 2.5
+    simnpo_gamma: float = 0.0
+    seed: int = 0
+
+    def validate(self) -> None:
+        problems = []
+        if self.method not in METHODS:
+            problems.append(f"method must be one of {', '.join(METHODS)}, not {self.method!r}")
+        if not 0 < self.top_p <= 1:
+            problems.append(f"top_p must be in (0, 1], not {self.top_p}")
+        if self.n_samples < 1:
+            problems.append(f"n must be at least 1, not {self.n_samples}")
+        if self.lam < 0:
+            problems.append(f"lambda must not be negative, not {self.lam}")
+        if self.temperature <= 0:
+            problems.append(f"temperature must be positive, not {self.temperature}")
+        if self.epochs < 0 or self.batch_size < 1 or self.grad_accum < 1 or self.max_length < 2:
+            problems.append("epochs, batch size, gradient accumulation and max length must be positive")
+        if not self.lr > 0:
+            problems.append(f"the learning rate must be positive, not {self.lr}")
+        if problems:
+            raise UserError("; ".join(problems).capitalize() + ".")
+
+
+def autocast(device: torch.device):
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def optimizer_and_schedule(model: Transformer, lr: float, weight_decay: float, total_steps: int, warmup_steps: int):
+    """AdamW; lr rises linearly over warmup_steps, then falls linearly to 0 (HF's linear schedule)."""
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return step / max(1, warmup_steps)
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
+
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
+def optimizer_step(model, opt, sched) -> None:
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    sched.step()
+    opt.zero_grad(set_to_none=True)
+
+
+def check_finite(loss: torch.Tensor, where: str) -> None:
+    if not torch.isfinite(loss):
+        raise UserError(f"The loss became {loss.item()} {where}; lower the learning rate.")
+
+
+def finetune(model: Transformer, tokenizer: Tokenizer, rows: list[dict], *, epochs: int, lr: float, batch_size: int,
+             max_length: int, weight_decay: float = 0.01, grad_accum: int = 1, seed: int = 0,
+             desc: str = "fine-tune", progress: bool = True, on_epoch=None) -> list[float]:
+    """Plain supervised fine-tuning on QA pairs (TOFU's step before unlearning);
+    returns the mean loss of each epoch. on_epoch(epoch) returning True stops early."""
+    device, rng = model.device, random.Random(seed)
+    micro = math.ceil(len(rows) / batch_size)
+    total = epochs * math.ceil(micro / grad_accum)
+    opt, sched = optimizer_and_schedule(model, lr, weight_decay, total, math.ceil(micro / grad_accum))
+    model.train()
+    losses = []
+    bar = tqdm(total=total, desc=desc, disable=not progress, leave=False)
+    for epoch in range(epochs):
+        order = list(range(len(rows)))
+        rng.shuffle(order)
+        epoch_loss = 0.0
+        for i in range(micro):
+            chunk = [rows[j] for j in order[i * batch_size:(i + 1) * batch_size]]
+            batch = encode_qa(tokenizer, [r["question"] for r in chunk], [r["answer"] for r in chunk], max_length,
+                              device)
+            with autocast(device):
+                loss = pmc.nll(model, batch)
+            check_finite(loss, f"in fine-tuning epoch {epoch + 1}")
+            (loss / grad_accum).backward()
+            epoch_loss += loss.item() / micro
+            if (i + 1) % grad_accum == 0 or i + 1 == micro:
+                optimizer_step(model, opt, sched)
+                bar.update()
+                bar.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.3f}")
+        losses.append(epoch_loss)
+        if on_epoch is not None:
+            model.eval()
+            stop = on_epoch(epoch + 1)
+            model.train()
+            if stop:
+                break
+    bar.close()
+    model.eval()
+    return losses
+
+
+@torch.no_grad()
+def forget_nll(model: Transformer, tokenizer: Tokenizer, rows: list[dict], max_length: int, limit: int = 32) -> float:
+    """Monitoring only: the NLL of the ground-truth forget answers, on a
+    separate batch under no_grad, never part of any objective."""
+    rows = rows[:limit]
+    batch = encode_qa(tokenizer, [r["question"] for r in rows], [r["answer"] for r in rows], max_length, model.device)
+    with autocast(model.device):
+        return pmc.nll(model, batch).item()
+
+
+def unlearn(model: Transformer, tokenizer: Tokenizer, forget_rows: list[dict], retain_rows: list[dict],
+            cfg: UnlearnConfig, *, on_batch=None, progress: bool = True) -> dict:
+    """Unlearn forget_rows with cfg.method; returns the training curves.
+
+    on_batch(kind, batch), if given, sees every batch that enters a loss
+    (kind: "collapse", "forget" or "retain")."""
+    cfg.validate()
+    device, rng = model.device, random.Random(cfg.seed)
+    questions = [r["question"] for r in forget_rows]
+    micro = math.ceil(len(questions) / cfg.batch_size)
+    steps_per_epoch = math.ceil(micro / cfg.grad_accum)
+    opt, sched = optimizer_and_schedule(model, cfg.lr, cfg.weight_decay, cfg.epochs * steps_per_epoch,
+                                        steps_per_epoch)
+    curves: dict[str, list] = {"step": [], "epoch": [], "lr": [], "loss": [], "retain_loss": [], "forget_loss": [],
+                               "picked_rouge_l": [], "gt_forget_nll_epoch": [], "gt_forget_nll": []}
+
+    if cfg.method == "pmc":
+        y0 = pmc.initial_answers(model, tokenizer, questions, cfg.max_length)
+        cache = pmc.BestSoFar()
+    elif cfg.method == "npo":  # log p_ref(y|x) of the model before unlearning, computed once per row
+        ref_logprob = []
+        with torch.no_grad(), autocast(device):
+            for i in range(0, len(forget_rows), cfg.batch_size):
+                chunk = forget_rows[i:i + cfg.batch_size]
+                batch = encode_qa(tokenizer, [r["question"] for r in chunk], [r["answer"] for r in chunk],
+                                  cfg.max_length, device)
+                ref_logprob.append(baselines.sequence_logprob(model, batch)[0].float())
+        ref_logprob = torch.cat(ref_logprob)
+
+    def forget_batch(idx: list[int]) -> dict:
+        """The forget side of the loss for one micro-batch of forget indices."""
+        if cfg.method == "pmc":
+            return pmc.collapse_batch(tokenizer, [questions[q] for q in idx], [cache.answers[q] for q in idx],
+                                      cfg.max_length, device)
+        answers = [baselines.IDK_ANSWER if cfg.method == "idk" else forget_rows[q]["answer"] for q in idx]
+        return encode_qa(tokenizer, [questions[q] for q in idx], answers, cfg.max_length, device)
+
+    model.train()
+    bar = tqdm(total=cfg.epochs * steps_per_epoch, desc=f"unlearn ({cfg.method})", disable=not progress)
+    step = 0
+    for epoch in range(cfg.epochs):
+        order = list(range(len(questions)))
+        rng.shuffle(order)
+        parts: dict[str, list[float]] = {}
+        for i in range(micro):
+            idx = order[i * cfg.batch_size:(i + 1) * cfg.batch_size]
+            retain_idx = rng.sample(range(len(retain_rows)), k=min(len(idx), len(retain_rows)))
+            if cfg.method == "pmc":
+                pmc.resample(model, tokenizer, cache, idx, questions, y0, n=cfg.n_samples,
+                             temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
+                             max_length=cfg.max_length, min_len=cfg.min_len, seed=cfg.seed * 1_000_003 + step * 997 + i)
+                parts.setdefault("picked_rouge_l", []).extend(cache.scores[q] for q in idx)
+            fb = forget_batch(idx)
+            rb = encode_qa(tokenizer, [retain_rows[j]["question"] for j in retain_idx],
+                           [retain_rows[j]["answer"] for j in retain_idx], cfg.max_length, device)
+            if on_batch is not None:
+                on_batch("collapse" if cfg.method == "pmc" else "forget", fb)
+                on_batch("retain", rb)
+            with autocast(device):
+                if cfg.method == "pmc":
+                    loss, logs = pmc.pmc_loss(model, fb, rb, cfg.lam)
+                else:
+                    extra = {"ref_logprob": ref_logprob[idx]} if cfg.method == "npo" else {}
+                    beta = {"npo": cfg.npo_beta, "simnpo": cfg.simnpo_beta}.get(cfg.method)
+                    if beta is not None:
+                        extra["beta"] = beta
+                    if cfg.method == "simnpo":
+                        extra["gamma"] = cfg.simnpo_gamma
+                    loss, logs = baselines.LOSSES[cfg.method](model, fb, rb, cfg.lam, **extra)
+            check_finite(loss, f"in unlearning epoch {epoch + 1}")
+            (loss / cfg.grad_accum).backward()
+            parts.setdefault("loss", []).append(loss.item())
+            for k, v in logs.items():
+                parts.setdefault(k, []).append(v)
+            if (i + 1) % cfg.grad_accum == 0 or i + 1 == micro:
+                curves["lr"].append(sched.get_last_lr()[0])
+                optimizer_step(model, opt, sched)
+                step += 1
+                curves["step"].append(step)
+                curves["epoch"].append(epoch + 1)
+                for k in ("loss", "retain_loss", "forget_loss", "picked_rouge_l"):
+                    values = parts.pop(k, [])
+                    curves[k].append(sum(values) / len(values) if values else None)
+                bar.update()
+                bar.set_postfix(epoch=epoch + 1, loss=f"{curves['loss'][-1]:.3f}",
+                                **({"picked_rouge": f"{curves['picked_rouge_l'][-1]:.3f}"}
+                                   if cfg.method == "pmc" else {}))
+        model.eval()
+        curves["gt_forget_nll_epoch"].append(epoch + 1)
+        curves["gt_forget_nll"].append(forget_nll(model, tokenizer, forget_rows, cfg.max_length))
+        model.train()
+    bar.close()
+    model.eval()
+    if cfg.method == "pmc":
+        curves["y0"] = y0
+        curves["final_picks"] = [cache.answers.get(q) for q in range(len(questions))]
+    curves["config"] = asdict(cfg)
+    return curves
+
+
+__all__ = ["UnlearnConfig", "METHODS", "finetune", "unlearn"]

@@ -1,0 +1,100 @@
+"""PMC's selection rule on hand-made scores, the reward against rouge-score,
+and the canary: the forget ground truth never enters a training batch."""
+
+import math
+
+import pytest
+import torch
+from rouge_score import rouge_scorer
+
+import pmc_min
+from pmc_min import pmc
+from pmc_min.data import encode_qa, strip_tag
+from pmc_min.tokenizer import Tokenizer
+from pmc_min.train import UnlearnConfig, unlearn
+from helpers import byte_level_tokenizer, write_hf_phi
+
+SCORER = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+
+
+def test_select_is_argmin_first_of_ties():
+    assert pmc.select([0.5, 0.2, 0.9, 0.2]) == 1
+    assert pmc.select([0.0]) == 0
+
+
+def test_best_so_far_keeps_the_lowest_and_ties_replace():
+    cache = pmc.BestSoFar()
+    cache.offer(0, "first", 0.5)
+    cache.offer(0, "worse", 0.7)  # stored 0.5 < 0.7: kept
+    assert cache.answers[0] == "first"
+    cache.offer(0, "tie", 0.5)  # a tie replaces
+    assert cache.answers[0] == "tie"
+    cache.offer(0, "better", 0.1)
+    assert (cache.answers[0], cache.scores[0]) == ("better", 0.1)
+    assert cache.needs_sampling(0) and cache.needs_sampling(1)  # 1: never seen
+    cache.offer(1, "unrelated", 0.0)
+    assert not cache.needs_sampling(1)  # score 0: no more resampling
+
+
+def test_score_is_rouge_l_recall_against_y0_with_stemming():
+    y0 = "The author was born in Taipei, Taiwan."
+    for x in ["Authors are born in cities.", "", "Taipei", "She writes poems."]:
+        assert pmc.score(x, y0) == SCORER.score(y0, x)["rougeL"].recall
+
+
+def test_min_len_penalty():
+    y0 = "alpha beta gamma delta"
+    assert pmc.score("alpha", y0, min_len=3) == pytest.approx(0.25 + math.exp(-1))
+    assert pmc.score("", y0, min_len=3) == 1.0  # exp(0) = 1, capped at 1
+    assert pmc.score("alpha beta gamma", y0, min_len=3) == 0.75  # long enough: no penalty
+    assert pmc.score("alpha beta", y0, min_len=3) == min(1.0, 0.5 + math.exp(-2))
+    assert pmc.score("alpha", y0, min_len=0) == 0.25  # off by default
+
+
+def test_resample_stores_the_least_similar_sample(monkeypatch):
+    samples = {"q0": ["a b c", "x y", "a b"], "q1": ["z", "z z"]}
+    monkeypatch.setattr(pmc, "sample_answers", lambda model, tok, qs, *a, **k: [samples[q] for q in qs])
+    cache = pmc.BestSoFar()
+    pmc.resample(None, None, cache, [0, 1], ["q0", "q1"], ["a b c", "q"], n=3, temperature=1.0, top_p=1.0,
+                 top_k=None, max_length=10)
+    assert cache.answers == {0: "x y", 1: "z"} and cache.scores == {0: 0.0, 1: 0.0}
+    samples["q0"] = ["a b c"]  # would score 1.0, but q0 is settled at 0 and not resampled
+    pmc.resample(None, None, cache, [0, 1], ["q0", "q1"], ["a b c", "q"], n=1, temperature=1.0, top_p=1.0,
+                 top_k=None, max_length=10)
+    assert cache.answers[0] == "x y"
+
+
+def test_strip_tag_and_answer_only_labels():
+    assert strip_tag(" Answer: Paris") == "Paris" and strip_tag("Paris") == "Paris"
+    tok = Tokenizer(byte_level_tokenizer(), "<|endoftext|>")
+    batch = encode_qa(tok, ["Where?", "Who wrote it?"], ["Taipei", "She did"], max_length=64)
+    for row, labels in zip(batch["input_ids"], batch["labels"]):
+        kept = row[labels != -100].tolist()
+        assert tok.decode(kept, skip_special_tokens=False).startswith("Answer:")
+        assert kept[-1] == tok.eos_id
+    assert (batch["labels"][batch["attention_mask"] == 0] == -100).all()
+
+
+CANARY = "ZQXJCANARY"
+
+
+def test_forget_ground_truth_never_enters_a_pmc_training_batch(tmp_path):
+    write_hf_phi(tmp_path, vocab_size=320)
+    model, tok = pmc_min.load(tmp_path)
+    forget = [{"question": f"Where was author {i} born?", "answer": f"In {CANARY} city number {i}."}
+              for i in range(6)]
+    retain = [{"question": f"What did author {i} write?", "answer": f"Book {i}."} for i in range(6)]
+    seen = []
+    cfg = UnlearnConfig(epochs=2, lr=1e-3, batch_size=3, grad_accum=1, max_length=40, n_samples=2)
+    unlearn(model, tok, forget, retain, cfg, on_batch=lambda kind, b: seen.append((kind, b)), progress=False)
+    assert {kind for kind, _ in seen} == {"collapse", "retain"} and len(seen) == 8
+    for _, batch in seen:
+        for row in batch["input_ids"].tolist():
+            assert CANARY not in tok.decode(row).replace(" ", "")
+    # The same hook does see the canary when a baseline trains on the forget answers.
+    seen.clear()
+    unlearn(model, tok, forget, retain, UnlearnConfig(method="gd", epochs=1, lr=1e-3, batch_size=3, grad_accum=1,
+                                                      max_length=40), on_batch=lambda k, b: seen.append((k, b)),
+            progress=False)
+    assert any(CANARY in tok.decode(row).replace(" ", "") for k, b in seen if k == "forget"
+               for row in b["input_ids"].tolist())
