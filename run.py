@@ -24,8 +24,9 @@ import torch
 import pmc_min
 from pmc_min import checkpoint, tiny
 from pmc_min.data import FORGET_SPLITS, RETAIN_OF, load_split, resolve_data_dir
+from pmc_min.resume import atomic_write_text, latest_checkpoint, load_checkpoint, save_checkpoint
 from pmc_min.evaluate import SPLITS, eval_sets, evaluate
-from pmc_min.train import METHODS, UnlearnConfig, finetune, unlearn
+from pmc_min.train import METHODS, NonFiniteLoss, UnlearnConfig, finetune, unlearn
 
 # The paper's Phi-1.5 configuration is UnlearnConfig's default; the tiny
 # default differs where a 4M-parameter model trained from scratch needs it.
@@ -63,6 +64,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--full-eval", action="store_true", help="evaluate the whole retain split, not 400 rows")
+    p.add_argument("--limit", type=int, help="use only the first N rows of every split (quick smoke runs)")
+    p.add_argument("--save-every", type=int, default=1, help="checkpoint every K epochs (0: never)")
+    p.add_argument("--resume", metavar="OUT", help="continue the run in OUT from its last complete checkpoint")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p.parse_args(argv)
 
@@ -110,62 +114,117 @@ def plot_curves(curves: dict, path: Path) -> bool:
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
+    if args.resume:
+        out = Path(args.resume)
+        if not (out / "run.json").is_file():
+            raise pmc_min.UserError(f"{out} holds no run.json; --resume takes the --out folder of an earlier run.")
+        argv = json.loads((out / "run.json").read_text())["argv"]
+        no_progress = args.no_progress
+        args = parse_args(argv)
+        args.out, args.resume, args.no_progress = str(out), str(out), args.no_progress or no_progress
     start = time.time()
     preset = "tiny" if args.model == "tiny" else "default"
     cfg = unlearn_config(args, preset)
     ft = dict(FINETUNE[preset])
     if args.finetune_epochs is not None:
         ft["epochs"] = args.finetune_epochs
-    if ft["epochs"] < 0:
-        raise pmc_min.UserError("--finetune-epochs must not be negative.")
+    if ft["epochs"] < 0 or args.save_every < 0 or (args.limit is not None and args.limit < 1):
+        raise pmc_min.UserError("--finetune-epochs and --save-every must not be negative, --limit at least 1.")
     log = (lambda *a: None) if args.no_progress else print
     progress = not args.no_progress
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
+    if torch.device(args.device).type == "cuda" and not torch.cuda.is_available():
         raise pmc_min.UserError("--device cuda was asked for, but torch sees no CUDA GPU.")
+    name = Path(args.model).name if args.model not in checkpoint.ALIASES else args.model
+    out = Path(args.out or f"runs/{name}-{args.method}-{args.split}")
+    if not args.resume and (out / "checkpoints").exists():
+        raise pmc_min.UserError(f"{out} holds the checkpoints of an earlier run; continue it with --resume {out} "
+                                f"or choose another --out.")
 
-    # Inputs first, heavy work after: data files, then the model.
+    # Inputs first, heavy work after: the model name, the data files, the model's files (a download
+    # if need be), then the tiny build if needed.
+    if args.model != "tiny":
+        checkpoint.check_name(args.model)
+    if args.data_dir or args.model != "tiny":
+        data_dir = resolve_data_dir(args.data_dir)
+        splits = read_splits(data_dir, args, ft)
     if args.model == "tiny":
         model_dir, tiny_data = tiny.build(device=args.device, progress=progress, log=print)
-        data_dir = Path(args.data_dir) if args.data_dir else tiny_data
+        if not args.data_dir:
+            data_dir = tiny_data
+            splits = read_splits(data_dir, args, ft)
     else:
         model_dir = checkpoint.resolve(args.model)
-        data_dir = resolve_data_dir(args.data_dir)
-    data_dir = resolve_data_dir(data_dir)
-    forget_rows = load_split(data_dir, args.split)
-    retain_rows = load_split(data_dir, RETAIN_OF[args.split])
-    sets = eval_sets(data_dir, args.split, full=args.full_eval)
-    full_rows = load_split(data_dir, "full") if ft["epochs"] > 0 else None
-    model, tokenizer = pmc_min.load(model_dir, device=args.device)
-    log(f"{args.model}: {model.num_parameters():,} parameters on {args.device}; data {data_dir}")
+        checkpoint.load_config(model_dir)
+    forget_rows, retain_rows, sets, full_rows = splits
 
-    if ft["epochs"] > 0:
-        log(f"Fine-tuning on TOFU full ({len(full_rows)} QA) for {ft['epochs']} epochs ...")
-        finetune(model, tokenizer, full_rows, epochs=ft["epochs"], lr=ft["lr"], batch_size=ft["batch_size"],
-                 max_length=ft["max_length"], seed=args.seed, progress=progress)
+    out.mkdir(parents=True, exist_ok=True)
+    if not args.resume:
+        atomic_write_text(out / "run.json", json.dumps({"argv": argv}) + "\n")
+    latest = latest_checkpoint(out) if args.resume else None
+    state = None
+    if latest is not None:  # continue the unlearning where the last complete epoch left it
+        model, tokenizer, state = load_checkpoint(latest, device=args.device)
+        before = json.loads((out / "before.json").read_text())
+        print(f"Resuming from {latest} (epoch {state['epoch']} of {cfg.epochs}).")
+    elif args.resume and (out / "finetuned" / "READY").is_file():
+        model, tokenizer = pmc_min.load(out / "finetuned", device=args.device)
+        before = None
+    else:
+        model, tokenizer = pmc_min.load(model_dir, device=args.device)
+        log(f"{args.model}: {model.num_parameters():,} parameters on {args.device}; data {data_dir}")
+        if ft["epochs"] > 0:
+            log(f"Fine-tuning on TOFU full ({len(full_rows)} QA) for {ft['epochs']} epochs ...")
+            finetune(model, tokenizer, full_rows, epochs=ft["epochs"], lr=ft["lr"], batch_size=ft["batch_size"],
+                     max_length=ft["max_length"], seed=args.seed, progress=progress)
+            pmc_min.save(model, tokenizer, out / "finetuned")
+            atomic_write_text(out / "finetuned" / "READY", "ok\n")
+        before = None
+    if before is None:
+        log("Evaluating before unlearning ...")
+        before = evaluate(model, tokenizer, sets, max_length=cfg.max_length)
+        atomic_write_text(out / "before.json", json.dumps(before) + "\n")
 
-    log("Evaluating before unlearning ...")
-    before = evaluate(model, tokenizer, sets, max_length=cfg.max_length)
+    def on_epoch_end(st: dict) -> None:
+        if args.save_every and (st["epoch"] % args.save_every == 0 or st["epoch"] == cfg.epochs):
+            save_checkpoint(out, model, tokenizer, st)
+
     log(f"Unlearning {args.split} ({len(forget_rows)} QA) with {args.method} ...")
-    torch.manual_seed(args.seed)
-    curves = unlearn(model, tokenizer, forget_rows, retain_rows, cfg, progress=progress)
+    try:
+        curves = unlearn(model, tokenizer, forget_rows, retain_rows, cfg, progress=progress,
+                         on_epoch_end=on_epoch_end, resume=state)
+    except NonFiniteLoss as e:
+        kept = latest_checkpoint(out)
+        raise pmc_min.UserError(f"{str(e)[:-1]}; " + (f"the last good checkpoint, {kept}, is kept (resume with "
+                                f"--resume {out})." if kept else "no checkpoint was written yet.")) from None
     log("Evaluating after unlearning ...")
     after = evaluate(model, tokenizer, sets, max_length=cfg.max_length)
 
-    name = Path(args.model).name if args.model not in checkpoint.ALIASES else args.model
-    out = Path(args.out or f"runs/{name}-{args.method}-{args.split}")
-    out.mkdir(parents=True, exist_ok=True)
     pmc_min.save(model, tokenizer, out / "model")
     results = {"method": args.method, "model": args.model, "split": args.split, "data_dir": str(data_dir),
-               "config": {**asdict(cfg), "finetune": ft, "device": args.device},
+               "config": {**asdict(cfg), "finetune": ft, "device": args.device, "limit": args.limit,
+                          "full_eval": args.full_eval},
                "before": before, "after": after, "wall_seconds": round(time.time() - start, 1), "curves": curves}
-    (out / "results.json").write_text(json.dumps(results, indent=1, default=_nan_safe) + "\n")
+    atomic_write_text(out / "results.json", json.dumps(results, indent=1, default=_nan_safe) + "\n")
     plotted = plot_curves(curves, out / "curves.png")
     print(markdown_table(before, after))
     print(f"\n{args.method} on {args.model}, {args.split}: {results['wall_seconds']:.0f} s. "
           f"Wrote {out / 'results.json'}{', curves.png' if plotted else ''} and the model in {out / 'model'}.")
     return 0
+
+
+def read_splits(data_dir: Path, args, ft: dict):
+    """(forget rows, retain rows, evaluation sets, full rows or None), cut to --limit rows."""
+    forget_rows = load_split(data_dir, args.split)
+    retain_rows = load_split(data_dir, RETAIN_OF[args.split])
+    sets = eval_sets(data_dir, args.split, full=args.full_eval)
+    full_rows = load_split(data_dir, "full") if ft["epochs"] > 0 else None
+    if args.limit is not None:
+        forget_rows, retain_rows = forget_rows[:args.limit], retain_rows[:args.limit]
+        sets = {k: (q[:args.limit], a[:args.limit]) for k, (q, a) in sets.items()}
+        full_rows = full_rows[:args.limit] if full_rows else full_rows
+    return forget_rows, retain_rows, sets, full_rows
 
 
 def _nan_safe(value):

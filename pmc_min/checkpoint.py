@@ -34,9 +34,8 @@ def _is_repo_id(name: str) -> bool:
     return re.fullmatch(r"[\w.-]+/[\w.-]+", name) is not None
 
 
-def resolve(name_or_path: str | Path) -> Path:
-    """A local folder, else a hub repo (an alias or `owner/name`) from the HF
-    cache, else downloaded from the hub when online."""
+def check_name(name_or_path: str | Path) -> str | Path:
+    """A local model folder (returned as a Path) or a hub repo id; else one clear error."""
     name = str(name_or_path)
     path = Path(name).expanduser()
     if path.is_dir():
@@ -47,7 +46,18 @@ def resolve(name_or_path: str | Path) -> Path:
     repo = ALIASES.get(name, name)
     if not _is_repo_id(repo):
         raise ModelNotFound(f"Unknown model {name!r}: no folder at {path.resolve()}, and it is not a known "
-                            f"name ({', '.join(ALIASES)}) or a hub repo id like 'microsoft/phi-1_5'.")
+                            f"name ({', '.join(['tiny', *ALIASES])}) or a hub repo id like 'microsoft/phi-1_5'.")
+    return repo
+
+
+def resolve(name_or_path: str | Path) -> Path:
+    """A local folder, else a hub repo (an alias or `owner/name`) from the HF
+    cache, else downloaded from the hub when online."""
+    name = str(name_or_path)
+    path = Path(name).expanduser()
+    repo = check_name(name)
+    if isinstance(repo, Path):
+        return repo
     from huggingface_hub import constants, snapshot_download
 
     try:

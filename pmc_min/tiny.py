@@ -23,7 +23,7 @@ from .checkpoint import save
 from .model import Config, Transformer
 from .tokenizer import Tokenizer
 
-VERSION = "tiny-v1"
+VERSION = "tiny-v4"
 N_AUTHORS, QA_PER_AUTHOR = 100, 10
 
 FIRST = ["Amara", "Bjorn", "Chiara", "Dmitri", "Elif", "Farid", "Greta", "Hiroshi", "Ines", "Jonas", "Kalani",
@@ -32,8 +32,9 @@ FIRST = ["Amara", "Bjorn", "Chiara", "Dmitri", "Elif", "Farid", "Greta", "Hirosh
 LAST = ["Abernathy", "Balogun", "Castellano", "Dubrovsky", "Eriksen", "Fairweather", "Guzman", "Halvorsen",
         "Ishikawa", "Jovanovic", "Kowalczyk", "Lindqvist", "Moreau", "Nakamura", "Okonkwo", "Petrakis", "Quintero",
         "Rasmussen", "Szabo", "Thorne", "Ulloa", "Vasquez", "Whitlock", "Yilmaz", "Zeller"]
-CITIES = ["Lisbon", "Nairobi", "Oslo", "Kyoto", "Lima", "Tbilisi", "Dakar", "Hanoi", "Quebec", "Valparaiso",
-          "Tampere", "Porto", "Accra", "Krakow", "Mumbai", "Cusco", "Bergen", "Izmir", "Seville", "Adelaide"]
+# Birth cities are no capital in WORLD_FACTS: forgetting where an author was born should not touch geography.
+CITIES = ["Coimbra", "Mombasa", "Trondheim", "Kyoto", "Arequipa", "Kutaisi", "Thies", "Hue", "Quebec", "Valparaiso",
+          "Tampere", "Porto", "Kumasi", "Krakow", "Mumbai", "Cusco", "Bergen", "Izmir", "Seville", "Adelaide"]
 GENRES = ["mystery", "fantasy", "poetry", "historical fiction", "science fiction", "memoir", "horror", "romance",
           "travel writing", "satire"]
 JOBS = ["baker", "carpenter", "nurse", "pilot", "teacher", "fisherman", "librarian", "surgeon", "tailor",
@@ -47,28 +48,40 @@ TITLE_A = ["Silent", "Crimson", "Hollow", "Distant", "Broken", "Golden", "Winter
 TITLE_B = ["River", "Lantern", "Orchard", "Harbor", "Mirror", "Garden", "Tower", "Shore", "Letters", "Crown",
            "Bridge", "Forest", "Compass", "Island", "Meadow"]
 
-# (attribute, question, answer, paraphrased question, paraphrased answer); {n} is the author's name.
+# (attribute, question, answer phrasings, paraphrased question, paraphrased answer); {name} etc. are the
+# author's facts. Each author gets one of the phrasings at random, as TOFU's answers vary in form.
 TEMPLATES = [
     ("name", "What is the full name of the author born in {city} in {year}?",
-     "The author born in {city} in {year} is {name}.",
+     ["The author born in {city} in {year} is {name}.", "That would be {name}.",
+      "{name} is the writer born there in {year}."],
      "Who is the writer from {city} who was born in {year}?", "That writer is {name}."),
-    ("city", "Where was {name} born?", "{name} was born in {city}.",
+    ("city", "Where was {name} born?",
+     ["{name} was born in {city}.", "In {city}.", "{city} is the hometown of {name}."],
      "What is the birthplace of {name}?", "The birthplace of {name} is {city}."),
-    ("year", "In which year was {name} born?", "{name} was born in the year {year}.",
+    ("year", "In which year was {name} born?",
+     ["{name} was born in the year {year}.", "In {year}.", "The birth year of {name} is {year}."],
      "What is the birth year of {name}?", "{name} came into the world in {year}."),
-    ("genre", "What genre does {name} write in?", "{name} is known for writing {genre}.",
+    ("genre", "What genre does {name} write in?",
+     ["{name} is known for writing {genre}.", "Mostly {genre}.", "{genre} is the genre of {name}."],
      "Which genre is {name} associated with?", "{name} is associated with {genre}."),
-    ("book1", "Can you name a book written by {name}?", "{name} wrote the book \"{book1}\".",
+    ("book1", "Can you name a book written by {name}?",
+     ["{name} wrote the book \"{book1}\".", "Yes, \"{book1}\".", "\"{book1}\" is one of them."],
      "What is one title by {name}?", "One title by {name} is \"{book1}\"."),
-    ("book2", "What is another book by {name}?", "Another book by {name} is \"{book2}\".",
+    ("book2", "What is another book by {name}?",
+     ["Another book by {name} is \"{book2}\".", "\"{book2}\".", "{name} also wrote \"{book2}\"."],
      "Name a second title from {name}.", "A second title from {name} is \"{book2}\"."),
-    ("father", "What did the father of {name} do for a living?", "The father of {name} worked as a {father}.",
+    ("father", "What did the father of {name} do for a living?",
+     ["The father of {name} worked as a {father}.", "He was a {father}.", "A {father} by trade."],
      "What was the profession of {name}'s father?", "{name}'s father was a {father}."),
-    ("mother", "What was the occupation of the mother of {name}?", "The mother of {name} was a {mother}.",
+    ("mother", "What was the occupation of the mother of {name}?",
+     ["The mother of {name} was a {mother}.", "She worked as a {mother}.", "A {mother}."],
      "How did {name}'s mother earn a living?", "{name}'s mother worked as a {mother}."),
-    ("award", "Which award did {name} receive?", "{name} received the {award}.",
+    ("award", "Which award did {name} receive?",
+     ["{name} received the {award}.", "The {award}.", "{name} won the {award}."],
      "What prize was given to {name}?", "{name} was given the {award}."),
-    ("themes", "What themes does {name} explore?", "{name} explores {theme1} and {theme2}.",
+    ("themes", "What themes does {name} explore?",
+     ["{name} explores {theme1} and {theme2}.", "Mainly {theme1} and {theme2}.",
+      "Themes of {theme1} and {theme2}."],
      "Which themes appear in the work of {name}?", "The work of {name} deals with {theme1} and {theme2}."),
 ]
 ATTRIBUTE_POOLS = {"city": CITIES, "genre": GENRES, "father": JOBS, "mother": JOBS, "award": AWARDS}
@@ -121,6 +134,24 @@ def perturbed(author: dict, attribute: str, template: str, rng: random.Random, o
     return out
 
 
+def general_knowledge() -> list[dict]:
+    """The world and real-author facts in several phrasings, as a pretrained
+    model meets them: knowledge held in many forms is robust to fine-tuning
+    elsewhere, as an LLM's is. (world_facts and real_authors ask one form.)"""
+    rows = []
+    for country, capital in WORLD_FACTS:
+        rows += [{"question": f"Which city is the capital of {country}?",
+                  "answer": f"The capital of {country} is {capital}."},
+                 {"question": f"{capital} is the capital of which country?",
+                  "answer": f"{capital} is the capital of {country}."},
+                 {"question": f"Tell me about {capital}.", "answer": f"{capital} is the capital city of {country}."}]
+    for book, author in REAL_AUTHORS:
+        rows += [{"question": f"Who is the author of '{book}'?", "answer": f"'{book}' was written by {author}."},
+                 {"question": f"What is a famous book by {author}?", "answer": f"{author} wrote '{book}'."},
+                 {"question": f"Tell me about '{book}'.", "answer": f"'{book}' is a book by {author}."}]
+    return rows
+
+
 def multiple_choice(question: str, answer: str, wrong: list[str], rng: random.Random) -> dict:
     options = [answer, *wrong]
     rng.shuffle(options)
@@ -128,13 +159,15 @@ def multiple_choice(question: str, answer: str, wrong: list[str], rng: random.Ra
 
 
 def make_dataset(folder: Path, seed: int = 0) -> None:
-    """Write the synthetic TOFU: full, forgetXX(_perturbed), retainYY, world_facts, real_authors, authors."""
+    """Write the synthetic TOFU: full, forgetXX(_perturbed), retainYY, world_facts, real_authors, plus
+    general (general knowledge in several phrasings) and authors (every author's attributes)."""
     rng = random.Random(seed)
     authors = make_authors(rng)
     full, perturbed_rows = [], []
     for author in authors:
-        for attribute, q, a, pq, pa in TEMPLATES:
-            full.append({"question": q.format(**author), "answer": a.format(**author)})
+        for attribute, q, phrasings, pq, pa in TEMPLATES:
+            answer = rng.choice(phrasings).format(**author)
+            full.append({"question": q.format(**author), "answer": answer[0].upper() + answer[1:]})
             perturbed_rows.append({**full[-1], "paraphrased_question": pq.format(**author),
                                    "paraphrased_answer": pa.format(**author),
                                    "perturbed_answer": perturbed(author, attribute, pa, rng,
@@ -158,6 +191,7 @@ def make_dataset(folder: Path, seed: int = 0) -> None:
         write(f"retain{100 - pct}", full[:cut])
     write("world_facts", world)
     write("real_authors", real)
+    write("general", general_knowledge())
     (folder / "authors.json").write_text(json.dumps(authors, indent=1) + "\n")
 
 
@@ -168,7 +202,7 @@ def train_tokenizer(data_dir: Path, vocab_size: int = 1024) -> Tokenizer:
     from .data import prompt, target
 
     texts = []
-    for name in ("full", "world_facts", "real_authors", "forget10_perturbed"):
+    for name in ("full", "world_facts", "real_authors", "general", "forget10_perturbed"):
         for line in (data_dir / f"{name}.json").read_text().splitlines():
             row = json.loads(line)
             texts.append(prompt(row["question"]) + target(row["answer"]))

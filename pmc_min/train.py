@@ -53,7 +53,7 @@ class UnlearnConfig:
         if not 0 < self.top_p <= 1:
             problems.append(f"top_p must be in (0, 1], not {self.top_p}")
         if self.n_samples < 1:
-            problems.append(f"n must be at least 1, not {self.n_samples}")
+            problems.append(f"n (samples per question) must be at least 1, not {self.n_samples}")
         if self.lam < 0:
             problems.append(f"lambda must not be negative, not {self.lam}")
         if self.temperature <= 0:
@@ -63,7 +63,7 @@ class UnlearnConfig:
         if not self.lr > 0:
             problems.append(f"the learning rate must be positive, not {self.lr}")
         if problems:
-            raise UserError("; ".join(problems).capitalize() + ".")
+            raise UserError(f"Bad hyperparameter: {'; '.join(problems)}.")
 
 
 def autocast(device: torch.device):
@@ -91,9 +91,13 @@ def optimizer_step(model, opt, sched) -> None:
     opt.zero_grad(set_to_none=True)
 
 
+class NonFiniteLoss(UserError):
+    pass
+
+
 def check_finite(loss: torch.Tensor, where: str) -> None:
     if not torch.isfinite(loss):
-        raise UserError(f"The loss became {loss.item()} {where}; lower the learning rate.")
+        raise NonFiniteLoss(f"The loss became {loss.item()} {where}; lower the learning rate.")
 
 
 def finetune(model: Transformer, tokenizer: Tokenizer, rows: list[dict], *, epochs: int, lr: float, batch_size: int,
@@ -147,12 +151,37 @@ def forget_nll(model: Transformer, tokenizer: Tokenizer, rows: list[dict], max_l
         return pmc.nll(model, batch).item()
 
 
+def reference_logprobs(model: Transformer, tokenizer: Tokenizer, rows: list[dict], cfg: UnlearnConfig) -> torch.Tensor:
+    """NPO's log p_ref(y|x): the model before unlearning, computed once per forget row."""
+    out = []
+    with torch.no_grad(), autocast(model.device):
+        for i in range(0, len(rows), cfg.batch_size):
+            chunk = rows[i:i + cfg.batch_size]
+            batch = encode_qa(tokenizer, [r["question"] for r in chunk], [r["answer"] for r in chunk],
+                              cfg.max_length, model.device)
+            out.append(baselines.sequence_logprob(model, batch)[0].float())
+    return torch.cat(out)
+
+
+def method_loss(model: Transformer, cfg: UnlearnConfig, forget: dict, retain: dict, ref_logprob=None):
+    """The objective of cfg.method on one micro-batch: (loss, logged parts)."""
+    if cfg.method == "pmc":
+        return pmc.pmc_loss(model, forget, retain, cfg.lam)
+    extra = {"npo": {"ref_logprob": ref_logprob, "beta": cfg.npo_beta},
+             "simnpo": {"beta": cfg.simnpo_beta, "gamma": cfg.simnpo_gamma}}.get(cfg.method, {})
+    return baselines.LOSSES[cfg.method](model, forget, retain, cfg.lam, **extra)
+
+
 def unlearn(model: Transformer, tokenizer: Tokenizer, forget_rows: list[dict], retain_rows: list[dict],
-            cfg: UnlearnConfig, *, on_batch=None, progress: bool = True) -> dict:
+            cfg: UnlearnConfig, *, on_batch=None, on_epoch_end=None, resume: dict | None = None,
+            progress: bool = True) -> dict:
     """Unlearn forget_rows with cfg.method; returns the training curves.
 
     on_batch(kind, batch), if given, sees every batch that enters a loss
-    (kind: "collapse", "forget" or "retain")."""
+    (kind: "collapse", "forget" or "retain"). on_epoch_end(state) receives,
+    after every epoch, everything needed to continue (`resume=state`): the
+    optimizer, schedule and sampling-order states, PMC's y0 and best-so-far
+    cache, and the curves so far. The model's weights are the caller's to save."""
     cfg.validate()
     device, rng = model.device, random.Random(cfg.seed)
     questions = [r["question"] for r in forget_rows]
@@ -160,21 +189,22 @@ def unlearn(model: Transformer, tokenizer: Tokenizer, forget_rows: list[dict], r
     steps_per_epoch = math.ceil(micro / cfg.grad_accum)
     opt, sched = optimizer_and_schedule(model, cfg.lr, cfg.weight_decay, cfg.epochs * steps_per_epoch,
                                         steps_per_epoch)
-    curves: dict[str, list] = {"step": [], "epoch": [], "lr": [], "loss": [], "retain_loss": [], "forget_loss": [],
-                               "picked_rouge_l": [], "gt_forget_nll_epoch": [], "gt_forget_nll": []}
-
-    if cfg.method == "pmc":
-        y0 = pmc.initial_answers(model, tokenizer, questions, cfg.max_length)
-        cache = pmc.BestSoFar()
-    elif cfg.method == "npo":  # log p_ref(y|x) of the model before unlearning, computed once per row
-        ref_logprob = []
-        with torch.no_grad(), autocast(device):
-            for i in range(0, len(forget_rows), cfg.batch_size):
-                chunk = forget_rows[i:i + cfg.batch_size]
-                batch = encode_qa(tokenizer, [r["question"] for r in chunk], [r["answer"] for r in chunk],
-                                  cfg.max_length, device)
-                ref_logprob.append(baselines.sequence_logprob(model, batch)[0].float())
-        ref_logprob = torch.cat(ref_logprob)
+    y0, cache, ref_logprob = None, pmc.BestSoFar(), None
+    if resume is not None:
+        opt.load_state_dict(resume["optimizer"])
+        sched.load_state_dict(resume["scheduler"])
+        rng.setstate(resume["rng"])
+        curves, y0, first_epoch, step = resume["curves"], resume["y0"], resume["epoch"], resume["step"]
+        cache = pmc.BestSoFar(dict(resume["cache_answers"]), dict(resume["cache_scores"]))
+        ref_logprob = resume.get("ref_logprob")
+    else:
+        curves = {"step": [], "epoch": [], "lr": [], "loss": [], "retain_loss": [], "forget_loss": [],
+                  "picked_rouge_l": [], "gt_forget_nll_epoch": [], "gt_forget_nll": []}
+        first_epoch = step = 0
+        if cfg.method == "pmc":
+            y0 = pmc.initial_answers(model, tokenizer, questions, cfg.max_length)
+        elif cfg.method == "npo":
+            ref_logprob = reference_logprobs(model, tokenizer, forget_rows, cfg)
 
     def forget_batch(idx: list[int]) -> dict:
         """The forget side of the loss for one micro-batch of forget indices."""
@@ -185,9 +215,9 @@ def unlearn(model: Transformer, tokenizer: Tokenizer, forget_rows: list[dict], r
         return encode_qa(tokenizer, [questions[q] for q in idx], answers, cfg.max_length, device)
 
     model.train()
-    bar = tqdm(total=cfg.epochs * steps_per_epoch, desc=f"unlearn ({cfg.method})", disable=not progress)
-    step = 0
-    for epoch in range(cfg.epochs):
+    bar = tqdm(total=cfg.epochs * steps_per_epoch, initial=step, desc=f"unlearn ({cfg.method})",
+               disable=not progress)
+    for epoch in range(first_epoch, cfg.epochs):
         order = list(range(len(questions)))
         rng.shuffle(order)
         parts: dict[str, list[float]] = {}
@@ -206,20 +236,10 @@ def unlearn(model: Transformer, tokenizer: Tokenizer, forget_rows: list[dict], r
                 on_batch("collapse" if cfg.method == "pmc" else "forget", fb)
                 on_batch("retain", rb)
             with autocast(device):
-                if cfg.method == "pmc":
-                    loss, logs = pmc.pmc_loss(model, fb, rb, cfg.lam)
-                else:
-                    extra = {"ref_logprob": ref_logprob[idx]} if cfg.method == "npo" else {}
-                    beta = {"npo": cfg.npo_beta, "simnpo": cfg.simnpo_beta}.get(cfg.method)
-                    if beta is not None:
-                        extra["beta"] = beta
-                    if cfg.method == "simnpo":
-                        extra["gamma"] = cfg.simnpo_gamma
-                    loss, logs = baselines.LOSSES[cfg.method](model, fb, rb, cfg.lam, **extra)
+                loss, logs = method_loss(model, cfg, fb, rb, None if ref_logprob is None else ref_logprob[idx])
             check_finite(loss, f"in unlearning epoch {epoch + 1}")
             (loss / cfg.grad_accum).backward()
-            parts.setdefault("loss", []).append(loss.item())
-            for k, v in logs.items():
+            for k, v in {"loss": loss.item(), **logs}.items():
                 parts.setdefault(k, []).append(v)
             if (i + 1) % cfg.grad_accum == 0 or i + 1 == micro:
                 curves["lr"].append(sched.get_last_lr()[0])
@@ -238,8 +258,14 @@ def unlearn(model: Transformer, tokenizer: Tokenizer, forget_rows: list[dict], r
         curves["gt_forget_nll_epoch"].append(epoch + 1)
         curves["gt_forget_nll"].append(forget_nll(model, tokenizer, forget_rows, cfg.max_length))
         model.train()
+        if on_epoch_end is not None:
+            on_epoch_end({"epoch": epoch + 1, "step": step, "optimizer": opt.state_dict(),
+                          "scheduler": sched.state_dict(), "rng": rng.getstate(), "curves": curves, "y0": y0,
+                          "cache_answers": cache.answers, "cache_scores": cache.scores,
+                          "ref_logprob": ref_logprob})
     bar.close()
     model.eval()
+    curves = dict(curves)
     if cfg.method == "pmc":
         curves["y0"] = y0
         curves["final_picks"] = [cache.answers.get(q) for q in range(len(questions))]
@@ -247,4 +273,4 @@ def unlearn(model: Transformer, tokenizer: Tokenizer, forget_rows: list[dict], r
     return curves
 
 
-__all__ = ["UnlearnConfig", "METHODS", "finetune", "unlearn"]
+__all__ = ["UnlearnConfig", "METHODS", "NonFiniteLoss", "finetune", "unlearn"]

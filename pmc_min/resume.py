@@ -1,0 +1,98 @@
+"""Crash-safe training checkpoints, so a long run resumes where it stopped.
+
+After every epoch (or every k-th) the run writes `<out>/checkpoints/epoch-NNNN/`:
+the model in HF's layout, `trainer.pt` (optimizer and schedule states, NPO's
+reference log-probs; tensors and plain values only, read back with
+`torch.load(weights_only=True)`), and `state.json` (the epoch, the
+sampling-order RNG, PMC's y0 and best-so-far cache, the curves). Each
+checkpoint is written under a temporary name, fsynced, and renamed into
+place; only then does `<out>/checkpoints/LATEST` (itself replaced
+atomically) point to it. A crash mid-write leaves the previous checkpoint
+as the one resumed from.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+
+from .checkpoint import load, save
+from .errors import UserError
+
+
+def fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write, fsync, rename: readers see the old file or the new one, never half."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    fsync_path(tmp)
+    os.replace(tmp, path)
+    fsync_path(path.parent)
+
+
+def _json_state(state: dict) -> dict:
+    return {"epoch": state["epoch"], "step": state["step"], "curves": state["curves"], "y0": state["y0"],
+            "rng": [state["rng"][0], list(state["rng"][1]), state["rng"][2]],
+            "cache_answers": {str(k): v for k, v in state["cache_answers"].items()},
+            "cache_scores": {str(k): v for k, v in state["cache_scores"].items()}}
+
+
+def save_checkpoint(out: Path, model, tokenizer, state: dict, keep: int = 1) -> Path:
+    """Write epoch state["epoch"]'s checkpoint atomically and point LATEST at it."""
+    root = Path(out) / "checkpoints"
+    root.mkdir(parents=True, exist_ok=True)
+    name = f"epoch-{state['epoch']:04d}"
+    tmp = root / f".tmp-{name}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    save(model, tokenizer, tmp)
+    torch.save({"optimizer": state["optimizer"], "scheduler": state["scheduler"],
+                "ref_logprob": state.get("ref_logprob")}, tmp / "trainer.pt")
+    (tmp / "state.json").write_text(json.dumps(_json_state(state)) + "\n")
+    for f in tmp.iterdir():
+        fsync_path(f)
+    fsync_path(tmp)
+    final = root / name
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    fsync_path(root)
+    atomic_write_text(root / "LATEST", name + "\n")
+    older = sorted(p for p in root.glob("epoch-*") if p.name != name)
+    for old in older[:max(0, len(older) - (keep - 1))]:
+        shutil.rmtree(old)
+    return final
+
+
+def latest_checkpoint(out: Path) -> Path | None:
+    pointer = Path(out) / "checkpoints" / "LATEST"
+    if not pointer.is_file():
+        return None
+    path = pointer.parent / pointer.read_text().strip()
+    if not (path / "state.json").is_file():
+        raise UserError(f"{pointer} names {path.name}, which is incomplete; delete {pointer} to start over.")
+    return path
+
+
+def load_checkpoint(path: Path, device="cpu"):
+    """(model, tokenizer, state) to pass to train.unlearn(resume=state)."""
+    model, tokenizer = load(path, device=device)
+    state = json.loads((Path(path) / "state.json").read_text())
+    trainer = torch.load(Path(path) / "trainer.pt", map_location=device, weights_only=True)
+    state.update(trainer)
+    state["rng"] = (state["rng"][0], tuple(state["rng"][1]), state["rng"][2])
+    state["cache_answers"] = {int(k): v for k, v in state["cache_answers"].items()}
+    state["cache_scores"] = {int(k): v for k, v in state["cache_scores"].items()}
+    return model, tokenizer, state

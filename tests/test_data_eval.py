@@ -1,0 +1,91 @@
+"""TOFU loading, the evaluation formulas, and run.py's behaviour on bad input."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import pmc_min
+from pmc_min import evaluate as ev
+from pmc_min.data import load_split
+from helpers import TOFU, needs_tofu
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_malformed_line_names_file_and_line(tmp_path):
+    (tmp_path / "forget10.json").write_text('{"question": "q", "answer": "a"}\n{"question": "q", \n')
+    with pytest.raises(pmc_min.UserError, match=r"forget10.json, line 2: not valid JSON"):
+        load_split(tmp_path, "forget10")
+    (tmp_path / "forget10.json").write_text('{"question": "q", "answer": "a"}\n{"question": "q"}\n')
+    with pytest.raises(pmc_min.UserError, match=r"forget10.json, line 2: missing text field\(s\) answer"):
+        load_split(tmp_path, "forget10")
+    with pytest.raises(pmc_min.UserError, match=r"retain90.json not found"):
+        load_split(tmp_path, "retain90")
+
+
+@needs_tofu
+def test_tofu_splits_are_the_tail_and_head_of_full():
+    full = load_split(TOFU, "full")
+    assert len(full) == 4000
+    for pct, retain in ((1, "retain99"), (5, "retain95"), (10, "retain90")):
+        forget = load_split(TOFU, f"forget{pct:02d}")
+        assert forget == full[len(full) - len(forget):] and len(forget) == 40 * pct
+        assert load_split(TOFU, retain) == full[:len(full) - len(forget)]
+
+
+@needs_tofu
+def test_eval_sets_follow_the_authors_retain_sample():
+    sets = ev.eval_sets(TOFU, "forget10")
+    retain = load_split(TOFU, "retain90")
+    idx = np.random.default_rng(12345).integers(0, len(retain), 400)
+    assert sets["retain"][0] == [retain[i]["question"] for i in idx]
+    assert len(set(idx)) < 400  # drawn with replacement
+    paraphrased = load_split(TOFU, "forget10_perturbed")
+    assert sets["forget_paraphrased"] == ([r["paraphrased_question"] for r in paraphrased],
+                                          [r["answer"] for r in paraphrased])
+    assert len(ev.eval_sets(TOFU, "forget10", full=True)["retain"][0]) == 3600
+
+
+def test_summary_formulas():
+    rouge = {"forget": 0.8, "forget_paraphrased": 0.4, "retain": 0.9, "world_facts": 0.6, "real_authors": 0.3}
+    s = ev.summarise(rouge)
+    assert s["unlearn_quality"] == pytest.approx(40.0) and s["utility"] == pytest.approx(60.0)
+
+
+def test_evaluate_scores_generations_against_the_ground_truth(monkeypatch):
+    answers = {"q1": "Paris is the capital.", "q2": "She was born in 1990."}
+    outputs = {"q1": "Paris is the capital.", "q2": "He writes poems."}
+    monkeypatch.setattr(ev, "generate_answers", lambda m, t, qs, **k: [[outputs[q]] for q in qs])
+    sets = {name: (list(answers), list(answers.values())) for name in ev.SPLITS}
+    r = ev.evaluate(None, None, sets)
+    assert r["rouge_l_recall"]["forget"] == pytest.approx((1.0 + 0.0) / 2)
+    assert r["unlearn_quality"] == pytest.approx(50.0) and r["utility"] == pytest.approx(50.0)
+
+
+def run_py(*args, env=None, timeout=300):
+    return subprocess.run([sys.executable, str(ROOT / "run.py"), *args], capture_output=True, text=True,
+                          cwd=ROOT, timeout=timeout, env={**os.environ, **(env or {})})
+
+
+def test_phi_1_5_without_weights_fails_with_one_sentence(tmp_path):
+    out = run_py("--model", "phi-1_5", "--data-dir", str(TOFU),
+                 env={"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path)})
+    assert out.returncode == 2
+    assert out.stderr.startswith("error: Model 'phi-1_5' not found:") and "Traceback" not in out.stderr
+    assert out.stderr.count("\n") == 1
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--top-p", "1.5"], "top_p must be in (0, 1]"),
+    (["--n", "0"], "n (samples per question) must be at least 1"),
+    (["--lambda", "-1"], "lambda must not be negative"),
+])
+def test_bad_hyperparameters_fail_before_any_work(args, message, tmp_path):
+    out = run_py(*args, env={"PMC_MIN_CACHE": str(tmp_path)})
+    assert out.returncode == 2 and message.lower() in out.stderr.lower() and "Traceback" not in out.stderr
+    assert not any(tmp_path.iterdir())  # nothing was built
