@@ -31,7 +31,7 @@ from pmc_min.train import METHODS, NonFiniteLoss, UnlearnConfig, finetune, unlea
 # The paper's Phi-1.5 configuration is UnlearnConfig's default; the tiny
 # default differs where a 4M-parameter model trained from scratch needs it.
 PRESETS = {
-    "tiny": dict(lr=3e-4, batch_size=20, grad_accum=1, max_length=96),
+    "tiny": dict(lr=2e-4, batch_size=20, grad_accum=1, max_length=96),
 }
 FINETUNE = {  # TOFU's fine-tuning before unlearning
     "tiny": dict(epochs=0, lr=1e-3, batch_size=32, max_length=96),
@@ -50,7 +50,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--finetune-epochs", type=int, help="TOFU fine-tuning on `full` before unlearning "
                                                        "(default 5; 0 for the tiny default, which already knows it)")
     p.add_argument("--epochs", type=int, help="unlearning epochs (40)")
-    p.add_argument("--lr", type=float, help="unlearning learning rate (1e-5; tiny 3e-4)")
+    p.add_argument("--lr", type=float, help="unlearning learning rate (1e-5; tiny 2e-4)")
     p.add_argument("--weight-decay", type=float)
     p.add_argument("--batch-size", type=int, help="forget questions per micro-batch (16; tiny 20)")
     p.add_argument("--grad-accum", type=int, help="micro-batches per optimizer step (4; tiny 1)")
