@@ -104,7 +104,7 @@ def read_weights(folder: Path) -> dict[str, torch.Tensor]:
                     f"only safetensors weights are read, never pickles.")
 
 
-# Legacy "phi-msft" names (the pre-transformers Phi code) -> ours.
+# Legacy "phi-msft" names (the pre-transformers Phi code) and Llama's -> ours.
 _LEGACY = [
     (r"transformer\.embd\.wte\.", "embed_tokens."),
     (r"transformer\.h\.(\d+)\.ln\.", r"layers.\1.input_layernorm."),
@@ -113,7 +113,17 @@ _LEGACY = [
     (r"transformer\.h\.(\d+)\.mlp\.", r"layers.\1.mlp."),
     (r"lm_head\.ln\.", "final_layernorm."),
     (r"lm_head\.linear\.", "lm_head."),
+    # Llama's names for the two modules Phi names differently.
+    (r"layers\.(\d+)\.self_attn\.o_proj\.", r"layers.\1.self_attn.dense."),
+    (r"norm\.", "final_layernorm."),
 ]
+
+
+def to_hf_name(key: str, model_type: str) -> str:
+    """Our parameter name -> HF's (the inverse of `to_our_names` for HF layouts)."""
+    if model_type == "llama":
+        key = key.replace(".self_attn.dense.", ".self_attn.o_proj.").replace("final_layernorm.", "norm.")
+    return key if key.startswith("lm_head.") else "model." + key
 
 
 def to_our_names(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -174,7 +184,7 @@ def save(model: Transformer, tokenizer: Tokenizer, path: str | Path) -> None:
     for key, t in model.state_dict().items():
         if key == "lm_head.weight" and model.config.tie_word_embeddings:
             continue
-        tensors[key if key.startswith("lm_head.") else "model." + key] = t.detach().contiguous().cpu()
+        tensors[to_hf_name(key, model.config.model_type)] = t.detach().contiguous().cpu()
     save_file(tensors, str(path / "model.safetensors"), metadata={"format": "pt"})
     cfg = model.config.to_hf() | {"torch_dtype": str(model.dtype).removeprefix("torch.")}
     (path / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")

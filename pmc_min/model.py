@@ -1,8 +1,13 @@
-"""Phi-1.5, written by hand: the causal language model PMC unlearns.
+"""Phi-1.5 and Llama, written by hand: the causal language models PMC unlearns.
 
-One file, read top to bottom: config, rotary embedding, attention, MLP, the
-parallel block, the model. Parameter names follow HF's `PhiForCausalLM`
-without its `model.` prefix, so `checkpoint.py` maps keys in one line.
+One file, read top to bottom: config, rotary embedding, attention, the two
+MLPs, the two blocks, the model. Phi (the paper's Phi-1.5) has a parallel
+block with one LayerNorm, biases everywhere, partial rotary and gelu_new;
+Llama (the paper's Llama-3.2-3B-Instruct) has sequential pre-norm blocks
+with RMSNorm, grouped-query attention, a SwiGLU MLP, full rotary with the
+llama3 frequency scaling, and often tied embeddings. Parameter names follow
+HF's `PhiForCausalLM` without its `model.` prefix; `checkpoint.py` maps
+Llama's few different names.
 
 Attention masks are *key* masks: `attention_mask[b, j] = 1` when key slot j
 of row b holds a real token. With left padding, each row's position ids are
@@ -12,6 +17,7 @@ them, so a padded row computes the same logits as the unpadded sequence.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, fields
 
 import torch
@@ -25,11 +31,12 @@ class ConfigError(UserError):
     """A config.json that does not describe a model this file can build."""
 
 
-SUPPORTED_MODEL_TYPES = ("phi", "phi-msft")
+SUPPORTED_MODEL_TYPES = ("phi", "phi-msft", "llama")
 
 
 @dataclass
 class Config:
+    model_type: str = "phi"  # "phi" or "llama"
     vocab_size: int = 51200
     hidden_size: int = 2048
     intermediate_size: int = 8192
@@ -44,6 +51,9 @@ class Config:
     qk_layernorm: bool = False
     hidden_act: str = "gelu_new"
     tie_word_embeddings: bool = False
+    rms_norm_eps: float = 1e-6  # Llama
+    attention_bias: bool = True  # Phi: True; Llama: False
+    rope_scaling: dict | None = None  # Llama 3: {"rope_type": "llama3", "factor", "low_freq_factor", ...}
     bos_token_id: int | None = None
     eos_token_id: int | None = None
     pad_token_id: int | None = None
@@ -58,8 +68,10 @@ class Config:
                 f"num_attention_heads ({self.num_attention_heads}) must be a multiple of "
                 f"num_key_value_heads ({self.num_key_value_heads})."
             )
-        if self.hidden_act not in ("gelu_new", "gelu_pytorch_tanh"):
-            raise ConfigError(f"hidden_act {self.hidden_act!r} is not supported; Phi uses 'gelu_new'.")
+        expected_act = {"phi": ("gelu_new", "gelu_pytorch_tanh"), "llama": ("silu",)}[self.model_type]
+        if self.hidden_act not in expected_act:
+            raise ConfigError(f"hidden_act {self.hidden_act!r} is not supported for {self.model_type}; "
+                              f"expected {expected_act[0]!r}.")
 
     @property
     def rotary_dim(self) -> int:
@@ -76,6 +88,18 @@ class Config:
                 f"model_type {model_type!r} is not supported; supported: {', '.join(SUPPORTED_MODEL_TYPES)}."
             )
         d = dict(d)
+        if model_type == "llama":
+            d.setdefault("partial_rotary_factor", 1.0)
+            d.setdefault("hidden_act", "silu")
+            d.setdefault("attention_bias", False)
+            d.setdefault("tie_word_embeddings", False)
+            rope = dict(d.get("rope_parameters") or d.get("rope_scaling") or {})
+            if rope.get("rope_type", rope.get("type", "default")) not in ("default", "llama3"):
+                raise ConfigError(f"rope_type {rope.get('rope_type')!r} is not supported; Llama: 'default' or 'llama3'.")
+            d["rope_scaling"] = rope if rope.get("rope_type", rope.get("type")) == "llama3" else None
+            if "rope_theta" in rope:
+                d["rope_theta"] = rope["rope_theta"]
+            d.pop("rope_parameters", None)
         if model_type == "phi-msft":  # the pre-transformers "phi-msft" names
             legacy = {"n_embd": "hidden_size", "n_layer": "num_hidden_layers", "n_head": "num_attention_heads",
                       "n_head_kv": "num_key_value_heads", "n_inner": "intermediate_size",
@@ -98,13 +122,18 @@ class Config:
         missing = [k for k in required if d.get(k) is None]
         if missing:
             raise ConfigError(f"config.json is missing required field(s): {', '.join(missing)}.")
+        d["model_type"] = "llama" if model_type == "llama" else "phi"
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in known and v is not None})
 
     def to_hf(self) -> dict:
-        """The transformers-4 layout of microsoft/phi-1_5, which transformers 4 and 5 both read."""
+        """The transformers-4 layout (as microsoft/phi-1_5 and meta-llama ship it), which transformers 4 and 5 read."""
         d = {f.name: getattr(self, f.name) for f in fields(self)}
-        return {"architectures": ["PhiForCausalLM"], "model_type": "phi", **d,
+        if self.model_type == "llama":
+            d.pop("layer_norm_eps"), d.pop("qk_layernorm"), d.pop("partial_rotary_factor")
+            return {"architectures": ["LlamaForCausalLM"], **d, "mlp_bias": False, "attention_dropout": 0.0}
+        d.pop("rms_norm_eps"), d.pop("attention_bias")
+        return {"architectures": ["PhiForCausalLM"], **d,
                 "rope_scaling": None, "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attention_dropout": 0.0}
 
 
@@ -114,17 +143,30 @@ class RotaryEmbedding(nn.Module):
 
     def __init__(self, cfg: Config):
         super().__init__()
-        self.dim, self.theta = cfg.rotary_dim, cfg.rope_theta
+        self.dim, self.theta, self.scaling = cfg.rotary_dim, cfg.rope_theta, cfg.rope_scaling
         self.register_buffer("inv_freq", self.compute_inv_freq(), persistent=False)
 
     def compute_inv_freq(self, device=None) -> torch.Tensor:
         exponents = torch.arange(0, self.dim, 2, dtype=torch.int64, device=device).float() / self.dim
-        return 1.0 / (self.theta ** exponents)
+        inv_freq = 1.0 / (self.theta ** exponents)
+        return llama3_scaling(inv_freq, self.scaling) if self.scaling else inv_freq
 
     def forward(self, position_ids: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         freqs = position_ids[..., None].float() * self.inv_freq  # (B, T, dim/2)
         emb = torch.cat((freqs, freqs), dim=-1)  # (B, T, dim)
         return emb.cos().to(dtype), emb.sin().to(dtype)
+
+
+def llama3_scaling(inv_freq: torch.Tensor, s: dict) -> torch.Tensor:
+    """Llama 3.1's long-context RoPE: wavelengths longer than the original
+    context / low_freq_factor are slowed by `factor`, shorter than
+    context / high_freq_factor are kept, and those between are interpolated."""
+    context, low, high = s["original_max_position_embeddings"], s["low_freq_factor"], s["high_freq_factor"]
+    wavelen = 2 * math.pi / inv_freq
+    scaled = torch.where(wavelen > context / low, inv_freq / s["factor"], inv_freq)
+    smooth = (context / wavelen - low) / (high - low)
+    between = (wavelen >= context / high) & (wavelen <= context / low)
+    return torch.where(between, (1 - smooth) * scaled / s["factor"] + smooth * scaled, scaled)
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -161,10 +203,11 @@ class Attention(nn.Module):
     def __init__(self, cfg: Config):
         super().__init__()
         self.n_heads, self.n_kv_heads, self.head_dim = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
-        self.q_proj = nn.Linear(cfg.hidden_size, self.n_heads * self.head_dim)
-        self.k_proj = nn.Linear(cfg.hidden_size, self.n_kv_heads * self.head_dim)
-        self.v_proj = nn.Linear(cfg.hidden_size, self.n_kv_heads * self.head_dim)
-        self.dense = nn.Linear(self.n_heads * self.head_dim, cfg.hidden_size)
+        bias = cfg.attention_bias
+        self.q_proj = nn.Linear(cfg.hidden_size, self.n_heads * self.head_dim, bias=bias)
+        self.k_proj = nn.Linear(cfg.hidden_size, self.n_kv_heads * self.head_dim, bias=bias)
+        self.v_proj = nn.Linear(cfg.hidden_size, self.n_kv_heads * self.head_dim, bias=bias)
+        self.dense = nn.Linear(self.n_heads * self.head_dim, cfg.hidden_size, bias=cfg.model_type == "phi")  # o_proj
         if cfg.qk_layernorm:
             self.q_layernorm = nn.LayerNorm(self.head_dim, eps=cfg.layer_norm_eps)
             self.k_layernorm = nn.LayerNorm(self.head_dim, eps=cfg.layer_norm_eps)
@@ -199,6 +242,47 @@ class MLP(nn.Module):
         return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))  # gelu_new
 
 
+class SwiGLU(nn.Module):
+    """Llama's MLP: down(silu(gate(x)) * up(x)), no biases."""
+
+    def __init__(self, cfg: Config):
+        super().__init__()
+        self.gate_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
+        self.up_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
+
+    def forward(self, x):
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class RMSNorm(nn.Module):
+    """x / rms(x) * weight, computed in float32 as Llama does."""
+
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x):
+        h = x.float()
+        return self.weight * (h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype)
+
+
+class LlamaBlock(nn.Module):
+    """Llama's sequential pre-norm block: x + attn(norm(x)), then + mlp(norm(.))."""
+
+    def __init__(self, cfg: Config):
+        super().__init__()
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.self_attn = Attention(cfg)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.mlp = SwiGLU(cfg)
+
+    def forward(self, x, cos, sin, allowed, input_pos):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, allowed, input_pos)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
 class Block(nn.Module):
     """Phi's parallel block: one LayerNorm feeds attention and MLP, both added to the residual."""
 
@@ -219,9 +303,11 @@ class Transformer(nn.Module):
         self.config = cfg
         self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
         self.rotary = RotaryEmbedding(cfg)
-        self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.num_hidden_layers))
-        self.final_layernorm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
-        self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size)
+        llama = cfg.model_type == "llama"
+        self.layers = nn.ModuleList((LlamaBlock if llama else Block)(cfg) for _ in range(cfg.num_hidden_layers))
+        self.final_layernorm = (RMSNorm(cfg.hidden_size, cfg.rms_norm_eps) if llama
+                                else nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps))
+        self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=not llama)
         if cfg.tie_word_embeddings:
             self.lm_head.weight = self.embed_tokens.weight
         self.apply(self._init_weights)
