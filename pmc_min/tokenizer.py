@@ -8,6 +8,7 @@ token ends an answer (eos) and which fills padding. Phi-1.5 has eos
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 from tokenizers import Tokenizer as HFTokenizer
@@ -21,9 +22,25 @@ def _token_content(value) -> str | None:
     return value
 
 
+def chat_format(template: str | None) -> dict | None:
+    """The chat convention a tokenizer's (Jinja) chat template follows: None for
+    base models, else {"style": "chatml" | "llama3", "system": default system prompt}."""
+    if not template:
+        return None
+    if "<|im_start|>" in template:
+        default = re.search(r"<\|im_start\|>system(?:\\n|\n)([^<'{]*)<\|im_end\|>", template)
+        return {"style": "chatml", "system": default.group(1) if default else None}
+    if "<|start_header_id|>" in template:
+        return {"style": "llama3"}
+    return None
+
+
 class Tokenizer:
-    def __init__(self, tok: HFTokenizer, eos_token: str, pad_token: str | None = None):
+    def __init__(self, tok: HFTokenizer, eos_token: str, pad_token: str | None = None,
+                 chat_template: str | None = None):
         self.tok = tok
+        self.chat_template = chat_template
+        self.chat = chat_format(chat_template)
         self.eos_token = eos_token
         self.pad_token = pad_token or eos_token
         self.eos_id = tok.token_to_id(eos_token)
@@ -64,11 +81,13 @@ class Tokenizer:
         eos = _token_content(config.get("eos_token"))
         if eos is None and eos_token_id is not None:
             eos = tok.id_to_token(eos_token_id)
-        return cls(tok, eos or "<|endoftext|>", _token_content(config.get("pad_token")))
+        return cls(tok, eos or "<|endoftext|>", _token_content(config.get("pad_token")), config.get("chat_template"))
 
     def save(self, folder: Path) -> None:
         folder = Path(folder)
         self.tok.save(str(folder / "tokenizer.json"))
         config = {"tokenizer_class": "PreTrainedTokenizerFast", "eos_token": self.eos_token,
                   "pad_token": self.pad_token, "clean_up_tokenization_spaces": False}
+        if self.chat_template:
+            config["chat_template"] = self.chat_template
         (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")

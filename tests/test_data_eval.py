@@ -73,8 +73,10 @@ def run_py(*args, env=None, timeout=300):
 
 
 def test_phi_1_5_without_weights_fails_with_one_sentence(tmp_path):
-    out = run_py("--model", "phi-1_5", "--data-dir", str(TOFU),
-                 env={"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path)})
+    from pmc_min.tiny import make_dataset
+    make_dataset(tmp_path / "data")  # TOFU's layout; ../shared/data/tofu reads the same
+    out = run_py("--model", "phi-1_5", "--data-dir", str(tmp_path / "data"),
+                 env={"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "hub")})
     assert out.returncode == 2
     assert out.stderr.startswith("error: Model 'phi-1_5' not found:") and "Traceback" not in out.stderr
     assert out.stderr.count("\n") == 1
