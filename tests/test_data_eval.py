@@ -1,6 +1,5 @@
 """TOFU loading, the evaluation formulas, and run.py's behaviour on bad input."""
 
-import json
 import os
 import subprocess
 import sys

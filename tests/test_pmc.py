@@ -4,7 +4,6 @@ and the canary: the forget ground truth never enters a training batch."""
 import math
 
 import pytest
-import torch
 from rouge_score import rouge_scorer
 
 import pmc_min

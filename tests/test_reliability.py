@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 
 import pmc_min
 from pmc_min import resume as resume_mod
