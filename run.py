@@ -210,6 +210,12 @@ def main(argv=None) -> int:
                                               probe, token_set)
         atomic_write_text(out / "before.json", json.dumps(before) + "\n")
     base_probs = before.get("robustness", {}).get("overunlearn", {}).get("probs")
+    base = "model before unlearning"
+    reference_dir = tiny.cache_dir() / f"reference-{args.split}"
+    if ("overunlearn" in evals and args.model == "tiny" and not args.data_dir and not args.reference
+            and (reference_dir / "READY").is_file()):  # the paper's base: the retain-only reference
+        reference, _ = pmc_min.load(reference_dir, device=args.device)
+        base_probs, base = attacks.token_probs(reference, tokenizer, probe, token_set), "retain-only reference"
 
     def on_epoch_end(st: dict) -> None:
         if args.save_every and (st["epoch"] % args.save_every == 0 or st["epoch"] == cfg.epochs):
@@ -233,6 +239,8 @@ def main(argv=None) -> int:
     if evals:
         after["robustness"] = robustness(model, tokenizer, evals, args, cfg, data_dir, forget_rows, perturbed, probe,
                                          token_set, base_probs)
+        if "overunlearn" in evals:
+            after["robustness"]["overunlearn"]["base"] = base
     for result in (before, after):  # the raw probabilities stay out of results.json
         result.get("robustness", {}).get("overunlearn", {}).pop("probs", None)
 
@@ -246,7 +254,7 @@ def main(argv=None) -> int:
     if "overunlearn" in after.get("robustness", {}):
         plot_overunlearn(after["robustness"]["overunlearn"], out / "overunlearn.png")
     print(markdown_table(before, after))
-    print(f"\n{args.method} on {args.model}, {args.split}: {results['wall_seconds']:.0f} s. "
+    print(f"\n{results['method']} on {args.model}, {args.split}: {results['wall_seconds']:.0f} s. "
           f"Wrote {out / 'results.json'}{', curves.png' if plotted else ''} and the model in {out / 'model'}.")
     return 0
 

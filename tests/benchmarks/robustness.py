@@ -11,8 +11,10 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-RUNS = [("PMC", ["--method", "pmc"]), ("GA", ["--method", "ga"]), ("GD", ["--method", "gd"]),
-        ("IDK", ["--method", "idk"]), ("NPO", ["--method", "npo"]), ("retain-only reference", ["--reference", "retain"])]
+# The reference first: it is the base of every other run's over-unlearning probe.
+RUNS = [("retain-only reference", ["--reference", "retain"]), ("PMC", ["--method", "pmc"]),
+        ("GA", ["--method", "ga"]), ("GD", ["--method", "gd"]), ("IDK", ["--method", "idk"]),
+        ("NPO", ["--method", "npo"])]
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--out", default="runs/robustness")
