@@ -106,12 +106,20 @@ def markdown_table(before: dict, after: dict) -> str:
     return "\n".join(rows)
 
 
-def plot_curves(curves: dict, path: Path) -> bool:
+def pyplot():
+    """matplotlib.pyplot with a file-only backend, or None when the optional `plot` extra is missing."""
     try:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
+        return None
+    return plt
+
+
+def plot_curves(curves: dict, path: Path) -> bool:
+    plt = pyplot()
+    if plt is None:
         return False
     fig, ax = plt.subplots(1, 3, figsize=(13, 3.5))
     ax[0].plot(curves["step"], curves["picked_rouge_l"])
@@ -140,7 +148,7 @@ def main(argv=None) -> int:
     start = time.time()
     preset = "tiny" if args.model == "tiny" else "llama" if args.model in LLAMA_NAMES else "default"
     cfg = unlearn_config(args, preset)
-    requested_evals(args)
+    evals = requested_evals(args)
     if args.probe_text and not Path(args.probe_text).is_file():
         raise pmc_min.UserError(f"--probe-text {args.probe_text} does not exist.")
     ft = dict(FINETUNE.get(preset, FINETUNE["default"]))
@@ -197,7 +205,6 @@ def main(argv=None) -> int:
             pmc_min.save(model, tokenizer, out / "finetuned")
             atomic_write_text(out / "finetuned" / "READY", "ok\n")
         before = None
-    evals = requested_evals(args)
     probe = probe_texts(args, data_dir) if "overunlearn" in evals else None
     perturbed = load_split(data_dir, f"{args.split}_perturbed")[:len(forget_rows)] if "mcq" in evals else None
     token_set = (attacks.forget_tokens(tokenizer, [r["answer"] for r in forget_rows], probe)
@@ -274,11 +281,8 @@ def requested_evals(args) -> list[str]:
 
 def probe_texts(args, data_dir: Path) -> list[str]:
     """The unrelated text of the over-unlearning probe."""
-    if args.probe_text:
-        path = Path(args.probe_text)
-        if not path.is_file():
-            raise pmc_min.UserError(f"--probe-text {path} does not exist.")
-        return [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()][:100]
+    if args.probe_text:  # its existence was checked with the other inputs
+        return [line for line in Path(args.probe_text).read_text(encoding="utf-8").splitlines() if line.strip()][:100]
     if (data_dir / "general.json").is_file():  # the tiny default's general-knowledge split
         return [f"{r['question']} {r['answer']}" for r in load_split(data_dir, "general")]
     raise pmc_min.UserError("--eval overunlearn needs --probe-text FILE (unrelated text, one passage a line) "
@@ -338,11 +342,8 @@ def reference_model(args, ft: dict, data_dir: Path, retain_rows: list[dict], mod
 
 
 def plot_overunlearn(result: dict, path: Path) -> bool:
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return False
     if not result.get("n_tokens"):
         return False

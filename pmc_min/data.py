@@ -117,3 +117,8 @@ def encode_qa(tokenizer: Tokenizer, questions: list[str], answers: list[str], ma
         label_ids[b, :len(lab)] = torch.tensor(lab)
         mask[b, :len(ids)] = 1
     return {"input_ids": input_ids.to(device), "attention_mask": mask.to(device), "labels": label_ids.to(device)}
+
+
+def encode_rows(tokenizer: Tokenizer, rows: list[dict], max_length: int, device="cpu") -> dict[str, torch.Tensor]:
+    """encode_qa on the questions and ground-truth answers of TOFU rows."""
+    return encode_qa(tokenizer, [r["question"] for r in rows], [r["answer"] for r in rows], max_length, device)

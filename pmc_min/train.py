@@ -17,7 +17,7 @@ import torch
 from tqdm import tqdm
 
 from . import baselines, pmc
-from .data import encode_qa
+from .data import encode_qa, encode_rows
 from .errors import UserError
 from .model import Transformer
 from .tokenizer import Tokenizer
@@ -118,8 +118,7 @@ def finetune(model: Transformer, tokenizer: Tokenizer, rows: list[dict], *, epoc
         epoch_loss = 0.0
         for i in range(micro):
             chunk = [rows[j] for j in order[i * batch_size:(i + 1) * batch_size]]
-            batch = encode_qa(tokenizer, [r["question"] for r in chunk], [r["answer"] for r in chunk], max_length,
-                              device)
+            batch = encode_rows(tokenizer, chunk, max_length, device)
             with autocast(device):
                 loss = pmc.nll(model, batch)
             check_finite(loss, f"in fine-tuning epoch {epoch + 1}")
@@ -146,7 +145,7 @@ def forget_nll(model: Transformer, tokenizer: Tokenizer, rows: list[dict], max_l
     """Monitoring only: the NLL of the ground-truth forget answers, on a
     separate batch under no_grad, never part of any objective."""
     rows = rows[:limit]
-    batch = encode_qa(tokenizer, [r["question"] for r in rows], [r["answer"] for r in rows], max_length, model.device)
+    batch = encode_rows(tokenizer, rows, max_length, model.device)
     with autocast(model.device):
         return pmc.nll(model, batch).item()
 
@@ -157,8 +156,7 @@ def reference_logprobs(model: Transformer, tokenizer: Tokenizer, rows: list[dict
     with torch.no_grad(), autocast(model.device):
         for i in range(0, len(rows), cfg.batch_size):
             chunk = rows[i:i + cfg.batch_size]
-            batch = encode_qa(tokenizer, [r["question"] for r in chunk], [r["answer"] for r in chunk],
-                              cfg.max_length, model.device)
+            batch = encode_rows(tokenizer, chunk, cfg.max_length, model.device)
             out.append(baselines.sequence_logprob(model, batch)[0].float())
     return torch.cat(out)
 
@@ -230,8 +228,7 @@ def unlearn(model: Transformer, tokenizer: Tokenizer, forget_rows: list[dict], r
                              max_length=cfg.max_length, min_len=cfg.min_len, seed=cfg.seed * 1_000_003 + step * 997 + i)
                 parts.setdefault("picked_rouge_l", []).extend(cache.scores[q] for q in idx)
             fb = forget_batch(idx)
-            rb = encode_qa(tokenizer, [retain_rows[j]["question"] for j in retain_idx],
-                           [retain_rows[j]["answer"] for j in retain_idx], cfg.max_length, device)
+            rb = encode_rows(tokenizer, [retain_rows[j] for j in retain_idx], cfg.max_length, device)
             if on_batch is not None:
                 on_batch("collapse" if cfg.method == "pmc" else "forget", fb)
                 on_batch("retain", rb)
