@@ -23,7 +23,7 @@ import torch
 
 import pmc_min
 from pmc_min import attacks, checkpoint, tiny
-from pmc_min.data import FORGET_SPLITS, RETAIN_OF, load_split, resolve_data_dir
+from pmc_min.data import FORGET_SPLITS, RETAIN_OF, load_split, resolve_data_dir, wikitext_probe
 from pmc_min.resume import atomic_write_text, latest_checkpoint, load_checkpoint, save_checkpoint
 from pmc_min.evaluate import SPLITS, eval_sets, evaluate
 from pmc_min.train import METHODS, NonFiniteLoss, UnlearnConfig, finetune, unlearn
@@ -76,7 +76,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--eval-samples", type=int, help="samples per forget question for leakage/factleak "
                                                     "(100; tiny 16)")
     p.add_argument("--eval-temperature", type=float, default=1.0, help="sampling temperature of leakage/factleak")
-    p.add_argument("--probe-text", help="text file for overunlearn, one passage per line (tiny: its general split)")
+    p.add_argument("--probe-text", help="text file for overunlearn, one passage per line (default: the tiny "
+                   "default's general split, else the first 100 paragraphs of wikitext-2, downloaded once)")
     p.add_argument("--reference", choices=["retain"], help="instead of unlearning, train the retain-only reference "
                                                          "model and evaluate it the same way")
     p.add_argument("--resume", metavar="OUT", help="continue the run in OUT from its last complete checkpoint")
@@ -182,6 +183,7 @@ def main(argv=None) -> int:
         model_dir = checkpoint.resolve(args.model)
         checkpoint.load_config(model_dir)
     forget_rows, retain_rows, sets, full_rows = splits
+    probe = probe_texts(args, data_dir) if "overunlearn" in evals else None
 
     out.mkdir(parents=True, exist_ok=True)
     if not args.resume:
@@ -205,7 +207,6 @@ def main(argv=None) -> int:
             pmc_min.save(model, tokenizer, out / "finetuned")
             atomic_write_text(out / "finetuned" / "READY", "ok\n")
         before = None
-    probe = probe_texts(args, data_dir) if "overunlearn" in evals else None
     perturbed = load_split(data_dir, f"{args.split}_perturbed")[:len(forget_rows)] if "mcq" in evals else None
     token_set = (attacks.forget_tokens(tokenizer, [r["answer"] for r in forget_rows], probe)
                  if "overunlearn" in evals else None)
@@ -216,7 +217,7 @@ def main(argv=None) -> int:
             before["robustness"] = robustness(model, tokenizer, evals, args, cfg, data_dir, forget_rows, perturbed,
                                               probe, token_set)
         atomic_write_text(out / "before.json", json.dumps(before) + "\n")
-    base_probs = before.get("robustness", {}).get("overunlearn", {}).get("probs")
+    before_probs = base_probs = before.get("robustness", {}).get("overunlearn", {}).get("probs")
     base = "model before unlearning"
     reference_dir = tiny.cache_dir() / f"reference-{args.split}"
     if ("overunlearn" in evals and args.model == "tiny" and not args.data_dir and not args.reference
@@ -247,7 +248,11 @@ def main(argv=None) -> int:
         after["robustness"] = robustness(model, tokenizer, evals, args, cfg, data_dir, forget_rows, perturbed, probe,
                                          token_set, base_probs)
         if "overunlearn" in evals:
-            after["robustness"]["overunlearn"]["base"] = base
+            ou = after["robustness"]["overunlearn"]
+            ou["base"] = base
+            if base_probs is not before_probs:  # also the shift that unlearning itself caused
+                vs_before = attacks.overunlearn(ou["probs"], before_probs)
+                ou["vs_before"] = {k: vs_before[k] for k in ("n_tokens", "mean", "std") if k in vs_before}
     for result in (before, after):  # the raw probabilities stay out of results.json
         result.get("robustness", {}).get("overunlearn", {}).pop("probs", None)
 
@@ -285,8 +290,7 @@ def probe_texts(args, data_dir: Path) -> list[str]:
         return [line for line in Path(args.probe_text).read_text(encoding="utf-8").splitlines() if line.strip()][:100]
     if (data_dir / "general.json").is_file():  # the tiny default's general-knowledge split
         return [f"{r['question']} {r['answer']}" for r in load_split(data_dir, "general")]
-    raise pmc_min.UserError("--eval overunlearn needs --probe-text FILE (unrelated text, one passage a line) "
-                            "for this data set.")
+    return wikitext_probe(100)  # the paper's: the first 100 paragraphs of wikitext-2 (a download, cached)
 
 
 def robustness(model, tokenizer, evals: list[str], args, cfg, data_dir: Path, forget_rows: list[dict],

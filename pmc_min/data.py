@@ -71,6 +71,54 @@ def resolve_data_dir(data_dir: str | Path | None) -> Path:
                         f"with a local copy of {HUB_DATASET}'s JSON Lines files.") from None
 
 
+WIKITEXT_ROWS = "https://datasets-server.huggingface.co/rows"
+WIKITEXT = {"dataset": "Salesforce/wikitext", "config": "wikitext-2-raw-v1", "split": "train"}
+
+
+def wikitext_probe(n: int = 100, fetch=None) -> list[str]:
+    """The first n paragraphs of wikitext-2-raw-v1's train split (empty lines and "= Heading ="
+    lines skipped): the paper's unrelated text for the over-unlearning probe. Read through the
+    hub's dataset viewer, 100 rows a request, and cached as one paragraph a line."""
+    from .checkpoint import cache_root
+
+    path = cache_root() / "probe" / f"wikitext-2-raw-v1-train-{n}.txt"
+    if path.is_file():
+        return path.read_text(encoding="utf-8").splitlines()
+    if fetch is None:
+        from huggingface_hub import constants
+        from huggingface_hub.utils import get_session
+
+        if constants.HF_HUB_OFFLINE:
+            raise UserError("wikitext-2 cannot be fetched with HF_HUB_OFFLINE set; pass --probe-text FILE.")
+
+        def fetch(offset: int) -> dict:
+            response = get_session().get(WIKITEXT_ROWS, params={**WIKITEXT, "offset": offset, "length": 100})
+            response.raise_for_status()
+            return response.json()
+    paragraphs, offset = [], 0
+    try:
+        while len(paragraphs) < n:
+            rows = fetch(offset)["rows"]
+            if not rows:
+                break
+            for r in rows:
+                text = " ".join(r["row"]["text"].split())
+                if text and not (text.startswith("=") and text.endswith("=")):
+                    paragraphs.append(text)
+            offset += len(rows)
+    except Exception as e:
+        raise UserError(f"wikitext-2 could not be fetched from the hub's dataset viewer ({type(e).__name__}); "
+                        f"pass --probe-text FILE with unrelated text, one passage a line.") from None
+    paragraphs = paragraphs[:n]
+    if len(paragraphs) < n:
+        raise UserError(f"wikitext-2's train split gave only {len(paragraphs)} paragraphs, not {n}.")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(p + "\n" for p in paragraphs), encoding="utf-8")
+    tmp.replace(path)
+    return paragraphs
+
+
 def load_split(data_dir: str | Path, name: str, required=("question", "answer")) -> list[dict]:
     """The rows of `<data_dir>/<name>.json`, one JSON object per line."""
     path = Path(data_dir) / f"{name}.json"

@@ -22,7 +22,7 @@ from .checkpoint import cache_root, save
 from .model import Config, Transformer
 from .tokenizer import Tokenizer
 
-VERSION = "tiny-v4"
+VERSION = "tiny-v5"
 N_AUTHORS, QA_PER_AUTHOR = 100, 10
 
 FIRST = ["Amara", "Bjorn", "Chiara", "Dmitri", "Elif", "Farid", "Greta", "Hiroshi", "Ines", "Jonas", "Kalani",
@@ -108,6 +108,72 @@ REAL_AUTHORS = [
 ]
 
 
+# Everyday knowledge that uses the authors' vocabulary (their cities, parents' jobs, genres, themes, the words
+# of their titles and awards) outside any author: the unrelated text of the over-unlearning probe, on which
+# forgetting "X was born in Bergen" should not make "Bergen" unlikely.
+CITY_FACTS = {
+    "Coimbra": ("Portugal", "an old university"), "Mombasa": ("Kenya", "a busy harbor on the ocean"),
+    "Trondheim": ("Norway", "a great stone cathedral"), "Kyoto": ("Japan", "its temples and gardens"),
+    "Arequipa": ("Peru", "white stone houses below a volcano"), "Kutaisi": ("Georgia", "a wide river and caves"),
+    "Thies": ("Senegal", "its woven tapestries"), "Hue": ("Vietnam", "an imperial citadel"),
+    "Quebec": ("Canada", "the stone walls of its old town"), "Valparaiso": ("Chile", "colorful houses on steep hills"),
+    "Tampere": ("Finland", "two lakes and old red brick mills"), "Porto": ("Portugal", "its bridges and port wine"),
+    "Kumasi": ("Ghana", "a very large market"), "Krakow": ("Poland", "a castle on a hill"),
+    "Mumbai": ("India", "its film studios and a long sea front"), "Cusco": ("Peru", "Inca walls in the mountains"),
+    "Bergen": ("Norway", "wooden houses on the harbor and much rain"), "Izmir": ("Turkey", "a long bay on the sea"),
+    "Seville": ("Spain", "a cathedral with a tall tower"), "Adelaide": ("Australia", "its parks and festivals"),
+}
+JOB_FACTS = {
+    "baker": "bakes bread and cakes early in the morning", "carpenter": "builds tables and doors from wood",
+    "nurse": "cares for people who are ill", "pilot": "flies planes", "teacher": "helps children learn at school",
+    "fisherman": "catches fish at sea", "librarian": "looks after the books of a library",
+    "surgeon": "operates on patients in a hospital", "tailor": "makes and mends clothes",
+    "architect": "designs houses and towers", "farmer": "grows crops and keeps animals",
+    "painter": "paints pictures or walls", "journalist": "writes news for a paper",
+    "chemist": "studies what things are made of", "sailor": "works on a ship",
+}
+GENRE_FACTS = {
+    "mystery": "a story about solving a crime", "fantasy": "a story full of magic and dragons",
+    "poetry": "writing in verse with rhythm", "historical fiction": "a story set in the past",
+    "science fiction": "a story about the future and space", "memoir": "a true story of the writer's own life",
+    "horror": "a story meant to frighten", "romance": "a story about falling in love",
+    "travel writing": "an account of journeys to far places", "satire": "writing that mocks the powerful",
+}
+WORD_FACTS = {
+    "memory": "the power to remember the past", "exile": "being sent away from home",
+    "grief": "deep sorrow after a loss", "friendship": "a bond between friends", "ambition": "a strong wish to succeed",
+    "childhood": "the time of being a child", "justice": "fair treatment for all", "faith": "strong belief or trust",
+    "war": "armed fighting between nations", "family": "parents and their children", "solitude": "being alone",
+    "river": "a stream of water that flows to the sea", "lantern": "a lamp that can be carried",
+    "orchard": "a field of fruit trees", "harbor": "a place where ships are safe", "mirror": "glass that reflects",
+    "garden": "a place where flowers grow", "tower": "a tall narrow building", "shore": "the land along the sea",
+    "crown": "what a king wears", "bridge": "a way over a river", "forest": "a large area full of trees",
+    "compass": "a tool that points north", "island": "land with water all around it",
+    "meadow": "a field of grass and flowers", "quill": "a pen made from a feather",
+    "crimson": "a deep red color", "velvet": "a soft cloth", "salt": "what makes the sea taste as it does",
+}
+FAMILY_FACTS = [("Who is the father of your father?", "The father of your father is your grandfather."),
+                ("Who is the mother of your mother?", "The mother of your mother is your grandmother."),
+                ("What is a prize?", "A prize is an award given to someone who wins."),
+                ("What does it mean to be born?", "To be born is to come into the world."),
+                ("What is a novel?", "A novel is a long book that tells a story.")]
+
+
+def everyday_knowledge() -> list[dict]:
+    rows = []
+    for city, (country, known_for) in CITY_FACTS.items():
+        rows += [{"question": f"In which country is {city}?", "answer": f"{city} is a city in {country}."},
+                 {"question": f"What is {city} known for?", "answer": f"{city} is known for {known_for}."}]
+    for job, does in JOB_FACTS.items():
+        rows.append({"question": f"What does a {job} do?", "answer": f"A {job} {does}."})
+    for genre, is_ in GENRE_FACTS.items():
+        rows.append({"question": f"What is {genre}?", "answer": f"{genre[0].upper() + genre[1:]} is {is_}."})
+    for word, means in WORD_FACTS.items():
+        rows.append({"question": f"What does the word {word} mean?", "answer": f"The word {word} means {means}."})
+    rows += [{"question": q, "answer": a} for q, a in FAMILY_FACTS]
+    return rows
+
+
 def make_authors(rng: random.Random) -> list[dict]:
     names = rng.sample([f"{f} {last}" for f in FIRST for last in LAST], N_AUTHORS)
     titles = rng.sample([f"The {a} {b}" for a in TITLE_A for b in TITLE_B], 2 * N_AUTHORS)
@@ -159,7 +225,8 @@ def multiple_choice(question: str, answer: str, wrong: list[str], rng: random.Ra
 
 def make_dataset(folder: Path, seed: int = 0) -> None:
     """Write the synthetic TOFU: full, forgetXX(_perturbed), retainYY, world_facts, real_authors, plus
-    general (general knowledge in several phrasings) and authors (every author's attributes)."""
+    general (general knowledge in several phrasings, and everyday knowledge in the authors' vocabulary:
+    the over-unlearning probe) and authors (every author's attributes)."""
     rng = random.Random(seed)
     authors = make_authors(rng)
     full, perturbed_rows = [], []
@@ -190,7 +257,7 @@ def make_dataset(folder: Path, seed: int = 0) -> None:
         write(f"retain{100 - pct}", full[:cut])
     write("world_facts", world)
     write("real_authors", real)
-    write("general", general_knowledge())
+    write("general", general_knowledge() + everyday_knowledge())
     (folder / "authors.json").write_text(json.dumps(authors, indent=1) + "\n")
 
 

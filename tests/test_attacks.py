@@ -81,3 +81,44 @@ def test_fact_share_and_tofu_facts():
     assert attacks.facts_of({**row, "facts": ["Tampere"]}) == ["Tampere"]
     assert attacks.fact_share([["Tampere", "1961"]], [["born in tampere", "no"]]) == 0.5
     assert attacks.fact_share([["Tampere"]], [["Helsinki"]]) == 0.0
+
+
+def viewer_page(texts: list[str], offset: int) -> dict:
+    """A page as the hub's dataset viewer /rows endpoint returns it."""
+    return {"features": [{"feature_idx": 0, "name": "text", "type": {"dtype": "string", "_type": "Value"}}],
+            "rows": [{"row_idx": offset + i, "row": {"text": t}, "truncated_cells": []} for i, t in enumerate(texts)],
+            "num_rows_total": 36718, "num_rows_per_page": 100, "partial": False}
+
+
+def test_wikitext_probe_takes_the_first_paragraphs_and_caches_them(tmp_path, monkeypatch):
+    from pmc_min.data import wikitext_probe
+
+    monkeypatch.setenv("PMC_MIN_CACHE", str(tmp_path))
+    pages = {0: ["", " = Valkyria Chronicles III = \n", ""],  # wikitext's raw rows: empty lines, headings
+             3: [" Senjō no Valkyria 3 , is a game .  \n", " = = Gameplay = = \n", " It is played\tin turns . \n"],
+             6: ["", " The third one . \n", " The fourth . \n"]}
+    asked = []
+
+    def fetch(offset):
+        asked.append(offset)
+        return viewer_page(pages[offset], offset)
+
+    got = wikitext_probe(3, fetch=fetch)
+    assert got == ["Senjō no Valkyria 3 , is a game .", "It is played in turns .", "The third one ."]
+    assert asked == [0, 3, 6]
+    assert wikitext_probe(3, fetch=lambda offset: pytest.fail("the cached copy is read")) == got
+
+
+def test_wikitext_probe_offline_fails_with_one_sentence(tmp_path, monkeypatch):
+    from pmc_min.data import wikitext_probe
+
+    monkeypatch.setenv("PMC_MIN_CACHE", str(tmp_path))
+
+    def fetch(offset):
+        raise ConnectionError("no network")
+
+    with pytest.raises(pmc_min.UserError, match=r"^wikitext-2 could not be fetched .*--probe-text FILE"):
+        wikitext_probe(100, fetch=fetch)
+    with pytest.raises(pmc_min.UserError, match="only 1 paragraphs"):
+        wikitext_probe(2, fetch=lambda offset: viewer_page([" One . \n"] if offset == 0 else [], offset))
+    assert not (tmp_path / "probe").exists() or not any((tmp_path / "probe").iterdir())

@@ -81,6 +81,20 @@ def test_phi_1_5_without_weights_fails_with_one_sentence(tmp_path):
     assert out.stderr.count("\n") == 1
 
 
+def test_overunlearn_probe_offline_fails_before_loading_the_model(tmp_path):
+    from helpers import write_hf_phi
+    from pmc_min.tiny import make_dataset
+
+    make_dataset(tmp_path / "data")
+    (tmp_path / "data" / "general.json").unlink()  # TOFU has no general split: the probe is wikitext-2
+    write_hf_phi(tmp_path / "model")
+    out = run_py("--model", str(tmp_path / "model"), "--data-dir", str(tmp_path / "data"), "--eval", "overunlearn",
+                 "--out", str(tmp_path / "run"), env={"HF_HUB_OFFLINE": "1", "PMC_MIN_CACHE": str(tmp_path / "c")})
+    assert out.returncode == 2 and "Traceback" not in out.stderr and out.stderr.count("\n") == 1
+    assert out.stderr.startswith("error: wikitext-2 cannot be fetched with HF_HUB_OFFLINE set; pass --probe-text")
+    assert not (tmp_path / "run" / "finetuned").exists()  # no fine-tuning was done first
+
+
 @pytest.mark.parametrize("args, message", [
     (["--top-p", "1.5"], "top_p must be in (0, 1]"),
     (["--n", "0"], "n (samples per question) must be at least 1"),

@@ -33,21 +33,29 @@ for name, flags in RUNS:
     rows.append((name, r["before"], r["after"]))
 
 
+def shift(summary: dict | None) -> str:
+    return f"{summary.get('mean', 0):+.4f} ± {summary.get('std', 0):.4f}" if summary else "—"
+
+
 def cells(result: dict) -> str:
     rb = result["robustness"]
     ou = rb["overunlearn"]
+    if ou.get("base") == "retain-only reference":
+        vs_reference, vs_before = ou, ou.get("vs_before")
+    else:  # the fine-tuned model (its own base) and the reference (whose base is the fine-tuned model)
+        vs_reference, vs_before = None, ou
     factleak = rb["factleak"]
     any_key = next(k for k in factleak if k.startswith("any_of"))
     return (f"{result['unlearn_quality']:.1f} | {result['utility']:.1f} | "
             f"{rb['leakage']['mean_max_rouge_l_recall']:.3f} | {rb['prefill']['rouge_l_recall']:.3f} | "
-            f"{ou.get('mean', 0):+.4f} ± {ou.get('std', 0):.4f} | {rb['mcq']['least_likely_accuracy']:.2f} | "
+            f"{shift(vs_reference)} | {shift(vs_before)} | {rb['mcq']['least_likely_accuracy']:.2f} | "
             f"{factleak['greedy']:.2f} | {factleak[any_key]:.2f}")
 
 
 print("| model | unlearn quality | utility | leakage (max ROUGE-L of 16 samples) | prefill ROUGE-L | "
-      "over-unlearning Δp (mean ± std) | least-likely-option accuracy | fact recall, greedy | "
-      "fact recall, any of 16 |")
-print("|---|---|---|---|---|---|---|---|---|")
+      "over-unlearning Δp vs reference (mean ± std) | Δp vs before unlearning | least-likely-option accuracy | "
+      "fact recall, greedy | fact recall, any of 16 |")
+print("|---|---|---|---|---|---|---|---|---|---|")
 if rows:
     print(f"| fine-tuned (before unlearning) | {cells(rows[0][1])} |")
 for name, _, after in rows:
