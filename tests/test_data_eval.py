@@ -104,3 +104,19 @@ def test_bad_hyperparameters_fail_before_any_work(args, message, tmp_path):
     out = run_py(*args, env={"PMC_MIN_CACHE": str(tmp_path)})
     assert out.returncode == 2 and message.lower() in out.stderr.lower() and "Traceback" not in out.stderr
     assert not any(tmp_path.iterdir())  # nothing was built
+
+
+def test_tiny_general_split_uses_the_authors_vocabulary_outside_any_author(tmp_path):
+    """The over-unlearning probe of the embedded default: every birth city, parent's job, genre and
+    theme appears in general text that names no author."""
+    import json
+
+    from pmc_min import tiny
+    tiny.make_dataset(tmp_path)
+    authors = json.loads((tmp_path / "authors.json").read_text())
+    names = {a["name"] for a in authors} | {n for n in tiny.FIRST} | {n for n in tiny.LAST}
+    general = [f"{r['question']} {r['answer']}" for r in load_split(tmp_path, "general")]
+    unrelated = [t for t in general if not any(n in t for n in names)]
+    assert len(unrelated) == len(general)
+    for word in [*tiny.CITIES, *tiny.JOBS, *tiny.GENRES, *tiny.THEMES]:
+        assert any(f" {word}" in t or t.startswith(word[0].upper() + word[1:]) for t in unrelated), word
