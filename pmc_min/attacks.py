@@ -1,6 +1,6 @@
 """The paper's robustness evaluations (SPEC Sec. 3), beyond greedy ROUGE-L.
 
-- `leakage`:     m samples per forget question; the best ROUGE-L recall of any of them.
+- `leakage`:     m samples per forget question; the best ROUGE-L recall of any of them (and the mean).
 - `prefill`:     the greedy answer after the answer is started with "The answer is:".
 - `overunlearn`: p_unlearned(y_t | x) - p_base(y_t | x) for forget-answer tokens y_t in
                  unrelated text x. PMC should stay centred on 0 where GA/NPO push it below.
@@ -32,8 +32,9 @@ def leakage(model: Transformer, tokenizer: Tokenizer, questions: list[str], answ
             temperature: float, top_p: float, top_k: int | None, max_length: int, seed: int = 0) -> dict:
     samples = generate_answers(model, tokenizer, questions, n=m, greedy=False, max_length=max_length,
                                temperature=temperature, top_p=top_p, top_k=top_k, seed=seed)
-    best = [max(rouge_l_recall(a, s) for s in ss) for a, ss in zip(answers, samples)]
-    return {"mean_max_rouge_l_recall": float(np.mean(best)), "samples_per_question": m, "temperature": temperature}
+    recalls = [[rouge_l_recall(a, s) for s in ss] for a, ss in zip(answers, samples)]
+    return {"mean_max_rouge_l_recall": float(np.mean([max(r) for r in recalls])),
+            "mean_rouge_l_recall": float(np.mean(recalls)), "samples_per_question": m, "temperature": temperature}
 
 
 def prefill_prompts(tokenizer: Tokenizer, questions: list[str]) -> list[list[int]]:
