@@ -192,11 +192,63 @@ class KVCache(nn.Module):
         self.register_buffer("k", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
         self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
 
+    @property
+    def slots(self) -> int:
+        return self.k.shape[2]
+
     def update(self, input_pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
         """Write k, v (B, H_kv, T, D) at slots input_pos (T,); return the whole cache."""
         self.k.index_copy_(2, input_pos, k)
         self.v.index_copy_(2, input_pos, v)
         return self.k, self.v
+
+
+class SharedPrefixKV(nn.Module):
+    """The cache once a batch of U prompts is prefilled and each prompt gets n samples
+    (rows prompt-major: row u*n + j is sample j of prompt u). The prompt's keys and
+    values are kept once, not copied n times; only the tokens generated after them
+    are cached per sample. Decoding is bound by reading the cache, and PMC draws
+    n = 5 samples per question, so the prompt part is read 5x less."""
+
+    def __init__(self, prefilled: KVCache, n: int, prompt_len: int, max_len: int):
+        super().__init__()
+        U, H_kv, _, D = prefilled.k.shape
+        self.n, self.prompt_len = n, prompt_len
+        self.prefix_k, self.prefix_v = prefilled.k[:, :, :prompt_len], prefilled.v[:, :, :prompt_len]
+        shape = (U * n, H_kv, max_len - prompt_len, D)
+        self.register_buffer("k", prefilled.k.new_zeros(shape), persistent=False)
+        self.register_buffer("v", prefilled.v.new_zeros(shape), persistent=False)
+
+    @property
+    def slots(self) -> int:
+        return self.prompt_len + self.k.shape[2]
+
+    def update(self, input_pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+        """Write the generated tokens' k, v (B, H_kv, T, D) at cache slots input_pos (T,)."""
+        self.k.index_copy_(2, input_pos - self.prompt_len, k)
+        self.v.index_copy_(2, input_pos - self.prompt_len, v)
+
+    def attend(self, q: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+        """softmax(q k^T / sqrt(D)) v over the prompt's and the row's own generated keys.
+        q (B, H, 1, D); allowed (B, 1, 1, S) over slots [prompt | generated]. Returns (B, H, 1, D)."""
+        B, H, _, D = q.shape
+        U, H_kv, P, _ = self.prefix_k.shape
+        n, g, T = self.n, H // H_kv, allowed.shape[-1] - P  # g query heads share a kv head (GQA)
+        k, v = self.k[:, :, :T], self.v[:, :, :T]
+
+        def by_prompt(x):  # (B, H_kv, g, X) -> (U, H_kv, n*g, X): one prompt's n samples x g heads as rows
+            return x.reshape(U, n, H_kv, g, -1).transpose(1, 2).reshape(U, H_kv, n * g, -1)
+
+        def by_row(x):  # the inverse
+            return x.reshape(U, H_kv, n, g, -1).transpose(1, 2).reshape(B, H_kv, g, -1)
+
+        q = q.reshape(B, H_kv, g, D) * D ** -0.5
+        on_prompt = (by_prompt(q) @ self.prefix_k.transpose(-1, -2))  # (U, H_kv, n*g, P): prompt keys read once
+        on_prompt = on_prompt.masked_fill(~allowed[::n, :, :, :P], float("-inf"))  # left padding of the prompt
+        on_generated = (q @ k.transpose(-1, -2)).masked_fill(~allowed[:, :, :, P:], float("-inf"))  # (B, H_kv, g, T)
+        p = torch.cat([on_prompt, by_prompt(on_generated)], dim=-1).softmax(dim=-1, dtype=torch.float32).to(q.dtype)
+        y = by_row(p[..., :P] @ self.prefix_v) + by_row(p[..., P:]) @ v  # (B, H_kv, g, D)
+        return y.reshape(B, H, 1, D)
 
 
 class Attention(nn.Module):
@@ -212,7 +264,7 @@ class Attention(nn.Module):
             self.q_layernorm = nn.LayerNorm(self.head_dim, eps=cfg.layer_norm_eps)
             self.k_layernorm = nn.LayerNorm(self.head_dim, eps=cfg.layer_norm_eps)
         self.qk_layernorm = cfg.qk_layernorm
-        self.cache: KVCache | None = None
+        self.cache: KVCache | SharedPrefixKV | None = None
 
     def forward(self, x, cos, sin, allowed, input_pos):
         B, T, _ = x.shape
@@ -222,13 +274,17 @@ class Attention(nn.Module):
         if self.qk_layernorm:
             q, k = self.q_layernorm(q), self.k_layernorm(k)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-        if self.cache is not None:
-            k, v = self.cache.update(input_pos, k, v)  # (B, H_kv, S, D)
-            k, v = k[:, :, :allowed.shape[-1]], v[:, :, :allowed.shape[-1]]  # the slots in use
-        if self.n_kv_heads != self.n_heads:
-            k = k.repeat_interleave(self.n_heads // self.n_kv_heads, dim=1)
-            v = v.repeat_interleave(self.n_heads // self.n_kv_heads, dim=1)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)  # (B, H, T, D)
+        if isinstance(self.cache, SharedPrefixKV):  # a decode step of n samples per prompt
+            self.cache.update(input_pos, k, v)
+            y = self.cache.attend(q, allowed)  # (B, H, 1, D)
+        else:
+            if self.cache is not None:
+                k, v = self.cache.update(input_pos, k, v)  # (B, H_kv, S, D)
+                k, v = k[:, :, :allowed.shape[-1]], v[:, :, :allowed.shape[-1]]  # the slots in use
+            if self.n_kv_heads != self.n_heads:
+                k = k.repeat_interleave(self.n_heads // self.n_kv_heads, dim=1)
+                v = v.repeat_interleave(self.n_heads // self.n_kv_heads, dim=1)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)  # (B, H, T, D)
         return self.dense(y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))
 
 
@@ -336,12 +392,12 @@ class Transformer(nn.Module):
         for layer in self.layers:
             layer.self_attn.cache = KVCache(batch, max_len, c.num_key_value_heads, c.head_dim, self.dtype, self.device)
 
-    def repeat_cache(self, n: int) -> None:
-        """Copy every cached row n times (row b -> rows b*n .. b*n+n-1): a prompt
-        prefilled once serves n samples."""
+    def share_prefix(self, n: int, prompt_len: int) -> None:
+        """After the prefill of prompt_len slots, let each cached row serve n sample rows
+        (row b -> rows b*n .. b*n+n-1), its prompt's keys and values shared, not copied."""
         for layer in self.layers:
             cache = layer.self_attn.cache
-            cache.k, cache.v = cache.k.repeat_interleave(n, dim=0), cache.v.repeat_interleave(n, dim=0)
+            layer.self_attn.cache = SharedPrefixKV(cache, n, prompt_len, cache.slots)
 
     def clear_cache(self) -> None:
         for layer in self.layers:
@@ -363,7 +419,8 @@ class Transformer(nn.Module):
         B, T = input_ids.shape
         if input_pos is None:
             input_pos = torch.arange(T, device=input_ids.device)
-        S = self.layers[0].self_attn.cache.k.shape[2] if self.layers[0].self_attn.cache is not None else T
+        cache = self.layers[0].self_attn.cache
+        S = cache.slots if cache is not None else T
         if attention_mask is None:
             attention_mask = torch.ones(B, S, dtype=torch.long, device=input_ids.device)
         if attention_mask.shape != (B, S):
@@ -399,4 +456,4 @@ def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor, reduction: str = 
     return nll.sum() / counted.sum().clamp(min=1)
 
 
-__all__ = ["Config", "ConfigError", "Transformer", "KVCache", "causal_lm_loss"]
+__all__ = ["Config", "ConfigError", "Transformer", "KVCache", "SharedPrefixKV", "causal_lm_loss"]

@@ -3,10 +3,12 @@
 Every epoch PMC draws n answers to every forget question from the current
 model (paper Sec. 3; SPEC step 2), so this is where its time goes. The
 design follows gpt-fast: prompts x n rows left-padded into one batch, one
-prefill, then one token per step into a preallocated cache; temperature,
-top-k and top-p filtering and the draw itself stay on the device (the draw
-inverts the CDF at one uniform per row, with no host sync); the all-finished check syncs only every
-few steps. Large jobs are cut into batches by a token budget.
+prefill per prompt, then one token per step into a preallocated cache in
+which the n samples of a prompt share its keys and values (read once per
+step, not n times: `model.SharedPrefixKV`). Temperature, top-k and top-p
+filtering and the draw itself stay on the device (the draw inverts the CDF
+at one uniform per row, with no host sync); the all-finished check syncs
+only every few steps. Large jobs are cut into batches by a token budget.
 """
 
 from __future__ import annotations
@@ -61,8 +63,8 @@ def generate_batch(model: Transformer, prompts: list[list[int]], n: int, max_new
                    top_p: float = 1.0, generator: torch.Generator | None = None, sync_every: int = 8,
                    decode=None) -> list[list[int]]:
     """n completions for each prompt of one batch (rows prompt-major), each cut
-    before its first eos. Each prompt is prefilled once; its cache rows and
-    last logits are then copied to its n sample rows."""
+    before its first eos. Each prompt is prefilled once; its n sample rows then
+    share its cached keys and values, and start from copies of its last logits."""
     device = model.device
     U, P = len(prompts), max(len(p) for p in prompts)
     B, S = U * n, P + max_new_tokens
@@ -77,7 +79,7 @@ def generate_batch(model: Transformer, prompts: list[list[int]], n: int, max_new
     try:
         logits = model(ids, key_mask, torch.arange(P, device=device), last_only=True, kv_len=P)[:, -1]  # (U, V)
         if n > 1:
-            model.repeat_cache(n)
+            model.share_prefix(n, P)
             logits, key_mask = logits.repeat_interleave(n, dim=0), key_mask.repeat_interleave(n, dim=0)
         out = torch.full((B, max_new_tokens), pad_id, dtype=torch.long, device=device)
         done = torch.zeros(B, dtype=torch.bool, device=device)

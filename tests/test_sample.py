@@ -126,3 +126,23 @@ def test_n_samples_share_one_prefill_exactly(tiny):
     got = generate_ids(model, PROMPTS, n=3, max_new_tokens=16, eos_id=-1, pad_id=0, temperature=1.25, top_k=1,
                        seed=0, max_batch_tokens=120)
     assert got == [[e] * 3 for e in expected]
+
+
+@pytest.mark.parametrize("kv_heads", [4, 2])  # grouped-query attention: 2 query heads share a kv head
+@pytest.mark.parametrize("mode", ["eager", "static", "compiled"])
+def test_samples_sharing_a_prompt_decode_like_transformers(kv_heads, mode, tmp_path):
+    """n rows per prompt read the prompt's cached keys once (SharedPrefixKV); every row of a
+    greedy batch must still be token-identical to transformers, with rows stopping at eos at
+    different steps: with the per-step key length, with static shapes, and compiled."""
+    from pmc_min.sample import generate_batch
+
+    hf = write_hf_phi(tmp_path, seed=4, hidden_size=64, num_attention_heads=4, num_key_value_heads=kv_heads,
+                      num_hidden_layers=2, initializer_range=0.5)
+    model, _ = pmc_min.load(tmp_path)
+    free = hf_greedy(hf, PROMPTS, 20, eos_id=-1)
+    eos = Counter(t for row in free for t in set(row[1:])).most_common(1)[0][0]
+    expected = hf_greedy(hf, PROMPTS, 20, eos_id=eos)
+    assert len(set(map(len, expected))) >= 3
+    decode = {"eager": None, "static": model, "compiled": torch.compile(model, fullgraph=True, dynamic=False)}[mode]
+    got = generate_batch(model, PROMPTS, n=3, max_new_tokens=20, eos_id=eos, pad_id=0, greedy=True, decode=decode)
+    assert got == [row for row in expected for _ in range(3)]
