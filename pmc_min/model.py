@@ -207,15 +207,15 @@ class SharedPrefixKV(nn.Module):
     """The cache once a batch of U prompts is prefilled and each prompt gets n samples
     (rows prompt-major: row u*n + j is sample j of prompt u). The prompt's keys and
     values are kept once, not copied n times; only the tokens generated after them
-    are cached per sample. Decoding is bound by reading the cache, and PMC draws
-    n = 5 samples per question, so the prompt part is read 5x less."""
+    are cached per sample. A decode step of a large batch is bound by reading the
+    cache; with PMC's n = 5 samples per question the prompt part is read 5x less."""
 
-    def __init__(self, prefilled: KVCache, n: int, prompt_len: int, max_len: int):
+    def __init__(self, prefilled: KVCache, n: int, prompt_len: int):
         super().__init__()
         U, H_kv, _, D = prefilled.k.shape
         self.n, self.prompt_len = n, prompt_len
         self.prefix_k, self.prefix_v = prefilled.k[:, :, :prompt_len], prefilled.v[:, :, :prompt_len]
-        shape = (U * n, H_kv, max_len - prompt_len, D)
+        shape = (U * n, H_kv, prefilled.slots - prompt_len, D)
         self.register_buffer("k", prefilled.k.new_zeros(shape), persistent=False)
         self.register_buffer("v", prefilled.v.new_zeros(shape), persistent=False)
 
@@ -397,7 +397,7 @@ class Transformer(nn.Module):
         (row b -> rows b*n .. b*n+n-1), its prompt's keys and values shared, not copied."""
         for layer in self.layers:
             cache = layer.self_attn.cache
-            layer.self_attn.cache = SharedPrefixKV(cache, n, prompt_len, cache.slots)
+            layer.self_attn.cache = SharedPrefixKV(cache, n, prompt_len)
 
     def clear_cache(self) -> None:
         for layer in self.layers:
