@@ -80,6 +80,7 @@ def wikitext_probe(n: int = 100, fetch=None) -> list[str]:
     lines skipped): the paper's unrelated text for the over-unlearning probe. Read through the
     hub's dataset viewer, 100 rows a request, and cached as one paragraph a line."""
     from .checkpoint import cache_root
+    from .resume import atomic_write_text
 
     path = cache_root() / "probe" / f"wikitext-2-raw-v1-train-{n}.txt"
     if path.is_file():
@@ -113,9 +114,7 @@ def wikitext_probe(n: int = 100, fetch=None) -> list[str]:
     if len(paragraphs) < n:
         raise UserError(f"wikitext-2's train split gave only {len(paragraphs)} paragraphs, not {n}.")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(p + "\n" for p in paragraphs), encoding="utf-8")
-    tmp.replace(path)
+    atomic_write_text(path, "".join(p + "\n" for p in paragraphs))
     return paragraphs
 
 

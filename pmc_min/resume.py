@@ -36,7 +36,7 @@ def atomic_write_text(path: Path, text: str) -> None:
     """Write, fsync, rename: readers see the old file or the new one, never half."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
+    tmp.write_text(text, encoding="utf-8")
     fsync_path(tmp)
     os.replace(tmp, path)
     fsync_path(path.parent)
