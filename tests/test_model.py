@@ -197,27 +197,16 @@ def test_missing_model_says_where_it_looked(tmp_path, monkeypatch):
         pmc_min.load("phi 9")
 
 
-def test_wrong_shape_names_the_key_and_both_shapes(tmp_path):
+@pytest.mark.parametrize("override, message", [
+    ({"intermediate_size": 100}, r"'layers.0.mlp.fc1.weight' has shape \(96, 48\).*implies \(100, 48\)"),  # wrong shape
+    ({"num_hidden_layers": 3}, r"missing tensor 'layers.2.input_layernorm.weight'"),  # missing key
+    ({"model_type": "gpt_neox"}, r"model_type 'gpt_neox' is not supported; supported: phi"),
+])
+def test_config_that_does_not_fit_the_weights_is_named(override, message, tmp_path):
     write_hf_phi(tmp_path)
     cfg = json.loads((tmp_path / "config.json").read_text())
-    (tmp_path / "config.json").write_text(json.dumps(cfg | {"intermediate_size": 100}))
-    with pytest.raises(pmc_min.UserError, match=r"'layers.0.mlp.fc1.weight' has shape \(96, 48\).*implies \(100, 48\)"):
-        pmc_min.load(tmp_path)
-
-
-def test_missing_key_is_named(tmp_path):
-    write_hf_phi(tmp_path)
-    cfg = json.loads((tmp_path / "config.json").read_text())
-    (tmp_path / "config.json").write_text(json.dumps(cfg | {"num_hidden_layers": 3}))
-    with pytest.raises(pmc_min.UserError, match=r"missing tensor 'layers.2.input_layernorm.weight'"):
-        pmc_min.load(tmp_path)
-
-
-def test_unsupported_model_type_lists_supported(tmp_path):
-    write_hf_phi(tmp_path)
-    cfg = json.loads((tmp_path / "config.json").read_text())
-    (tmp_path / "config.json").write_text(json.dumps(cfg | {"model_type": "gpt_neox"}))
-    with pytest.raises(pmc_min.UserError, match=r"model_type 'gpt_neox' is not supported; supported: phi"):
+    (tmp_path / "config.json").write_text(json.dumps(cfg | override))
+    with pytest.raises(pmc_min.UserError, match=message):
         pmc_min.load(tmp_path)
 
 

@@ -25,6 +25,14 @@ def hf_greedy(hf, prompts, max_new_tokens, eos_id, pad_id=0):
     return [row[:row.index(eos_id)] if eos_id in row else row for row in rows]
 
 
+def early_eos_case(hf, max_new_tokens):
+    """(eos, transformers' greedy rows): "eos" is the token most rows write at some point
+    when nothing stops them, so that rows stop early, at different steps."""
+    free = hf_greedy(hf, PROMPTS, max_new_tokens, eos_id=-1)
+    eos = Counter(t for row in free for t in set(row[1:])).most_common(1)[0][0]
+    return eos, hf_greedy(hf, PROMPTS, max_new_tokens, eos_id=eos)
+
+
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     path = tmp_path_factory.mktemp("phi")
@@ -36,10 +44,7 @@ def tiny(tmp_path_factory):
 
 def test_greedy_is_token_identical_to_transformers_with_early_eos(tiny):
     hf, model = tiny
-    free = hf_greedy(hf, PROMPTS, 24, eos_id=-1)  # no eos: what each row would write
-    # Call "eos" the token most rows write at some point: those rows stop early, at different steps.
-    eos = Counter(t for row in free for t in set(row[1:])).most_common(1)[0][0]
-    expected = hf_greedy(hf, PROMPTS, 24, eos_id=eos)
+    eos, expected = early_eos_case(hf, 24)
     lengths = sorted(map(len, expected))
     assert lengths[0] < lengths[1] < 24 and len(set(lengths)) >= 3
     got = generate_ids(model, PROMPTS, greedy=True, max_new_tokens=24, eos_id=eos, pad_id=0)
@@ -139,9 +144,7 @@ def test_samples_sharing_a_prompt_decode_like_transformers(kv_heads, mode, tmp_p
     hf = write_hf_phi(tmp_path, seed=4, hidden_size=64, num_attention_heads=4, num_key_value_heads=kv_heads,
                       num_hidden_layers=2, initializer_range=0.5)
     model, _ = pmc_min.load(tmp_path)
-    free = hf_greedy(hf, PROMPTS, 20, eos_id=-1)
-    eos = Counter(t for row in free for t in set(row[1:])).most_common(1)[0][0]
-    expected = hf_greedy(hf, PROMPTS, 20, eos_id=eos)
+    eos, expected = early_eos_case(hf, 20)
     assert len(set(map(len, expected))) >= 3
     decode = {"eager": None, "static": model, "compiled": torch.compile(model, fullgraph=True, dynamic=False)}[mode]
     got = generate_batch(model, PROMPTS, n=3, max_new_tokens=20, eos_id=eos, pad_id=0, greedy=True, decode=decode)
