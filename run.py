@@ -67,6 +67,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--top-k", type=int, help="top-k filter, 0 for none (50, as HF generate's default)")
     p.add_argument("--min-len", type=int, help="length penalty below this many words (0 = off)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--compile", action="store_true", help="PMC's sampling with its decode step compiled by "
+                   "torch.compile, as a CUDA graph on a GPU (a few compilations first, one per batch shape)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--full-eval", action="store_true", help="evaluate the whole retain split, not 400 rows")
     p.add_argument("--limit", type=int, help="use only the first N rows of every split (quick smoke runs)")

@@ -35,7 +35,8 @@ from .tokenizer import Tokenizer
 
 def generate_answers(model: Transformer, tokenizer: Tokenizer, questions: list[str], *, n: int, greedy: bool,
                      max_length: int, temperature: float = 1.0, top_p: float = 1.0, top_k: int | None = None,
-                     seed: int | None = None, max_batch_tokens: int = 1 << 16) -> list[list[str]]:
+                     seed: int | None = None, max_batch_tokens: int = 1 << 16,
+                     compile: bool = False) -> list[list[str]]:
     """n answers per question, prompt "Question: q\\n", the "Answer:" tag
     stripped; prompt + answer stay within max_length tokens."""
     prompts = tokenizer.encode_batch([prompt(q, tokenizer.chat) for q in questions])
@@ -44,7 +45,7 @@ def generate_answers(model: Transformer, tokenizer: Tokenizer, questions: list[s
     model.eval()
     ids = generate_ids(model, prompts, n=n, max_new_tokens=max_new, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id,
                        greedy=greedy, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed,
-                       max_batch_tokens=max_batch_tokens)
+                       max_batch_tokens=max_batch_tokens, compile=compile)
     model.train(was_training)
     return [[strip_tag(text) for text in tokenizer.decode_batch(per_question)] for per_question in ids]
 
@@ -55,10 +56,11 @@ def initial_answers(model: Transformer, tokenizer: Tokenizer, questions: list[st
 
 
 def sample_answers(model: Transformer, tokenizer: Tokenizer, questions: list[str], n: int, temperature: float,
-                   top_p: float, top_k: int | None, max_length: int, seed: int | None = None) -> list[list[str]]:
+                   top_p: float, top_k: int | None, max_length: int, seed: int | None = None,
+                   compile: bool = False) -> list[list[str]]:
     """Step 2: n answers per question from the current model."""
     return generate_answers(model, tokenizer, questions, n=n, greedy=False, max_length=max_length,
-                            temperature=temperature, top_p=top_p, top_k=top_k, seed=seed)
+                            temperature=temperature, top_p=top_p, top_k=top_k, seed=seed, compile=compile)
 
 
 def score(sample: str, y0: str, min_len: int = 0) -> float:
@@ -99,13 +101,13 @@ class BestSoFar:
 
 def resample(model: Transformer, tokenizer: Tokenizer, cache: BestSoFar, batch: list[int], questions: list[str],
              y0: list[str], *, n: int, temperature: float, top_p: float, top_k: int | None, max_length: int,
-             min_len: int = 0, seed: int | None = None) -> None:
+             min_len: int = 0, seed: int | None = None, compile: bool = False) -> None:
     """Steps 2-5 for one batch of forget questions (indices into questions/y0)."""
     todo = [q for q in batch if cache.needs_sampling(q)]
     if not todo:
         return
     samples = sample_answers(model, tokenizer, [questions[q] for q in todo], n, temperature, top_p, top_k,
-                             max_length, seed)
+                             max_length, seed, compile)
     for q, candidates in zip(todo, samples):
         scores = [score(x, y0[q], min_len) for x in candidates]
         best = select(scores)

@@ -23,21 +23,38 @@ def filter_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int | N
                   top_p: float = 1.0) -> torch.Tensor:
     """Temperature, then top-k, then top-p (nucleus), as HF's
     Temperature/TopK/TopPLogitsWarper chain: removed tokens become -inf.
-    Top-p sorts ascending and drops tokens whose cumulative probability is
-    <= 1 - p, always keeping the most likely one. logits: (B, V) float32."""
+    Top-k keeps every token at least as large as the k-th. Top-p sorts the
+    survivors ascending (equal logits by vocabulary index) and drops those whose
+    cumulative probability is <= 1 - p, keeping the most likely one; so the kept
+    tokens are the first r of the descending order. logits: (B, V) float32.
+
+    Only the k largest logits are sorted (torch.topk), not the whole vocabulary:
+    after top-k nothing else has mass but ties of the k-th. Without top-k, k = V."""
     if temperature != 1.0:
         logits = logits / temperature
-    if top_k:
-        kth = torch.topk(logits, min(top_k, logits.shape[-1])).values[..., -1:]  # (B, 1)
+    V = logits.shape[-1]
+    k = min(top_k or V, V)
+    if k == V and top_p >= 1.0:
+        return logits
+    top, index = torch.topk(logits, k)  # (B, k), descending
+    kth = top[..., -1:]
+    if k < V:
         logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p < 1.0:
-        sorted_logits, order = torch.sort(logits, descending=False)
-        cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
-        drop_sorted = cumulative <= 1 - top_p
-        drop_sorted[..., -1] = False
-        drop = drop_sorted.scatter(-1, order, drop_sorted)
-        logits = logits.masked_fill(drop, float("-inf"))
-    return logits
+    if top_p >= 1.0:
+        return logits
+    mass = logits.softmax(-1).gather(-1, index)  # the listed tokens' probabilities
+    ties = (logits >= kth).sum(-1, keepdim=True) - k  # survivors equal to the k-th but not listed
+    # Ascending, the unlisted ties come first, then the listed tokens from the last.
+    ascending = mass.flip(-1).cumsum(-1).flip(-1) + ties * mass[..., -1:]  # each one's cumulative probability
+    kept = (ascending > 1 - top_p).sum(-1, keepdim=True).clamp(min=1)  # a prefix of the listed tokens
+    dropped_ties = ((1 - top_p) / mass[..., -1:]).floor().minimum(ties).long()
+    kept += torch.where(kept == k, ties - dropped_ties, 0)
+    cut = top.gather(-1, kept.clamp(max=k) - 1)  # the value of the last kept token
+    # Of the tokens equal to the cut, the last in vocabulary order are the first kept.
+    equal = logits == cut
+    rank = equal.flip(-1).cumsum(-1).flip(-1)  # 1 for the last equal one
+    keep = (logits > cut) | (equal & (rank <= kept - (logits > cut).sum(-1, keepdim=True)))
+    return logits.masked_fill(~keep, float("-inf"))
 
 
 def draw(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -57,6 +74,13 @@ def pick_next(logits: torch.Tensor, greedy: bool, temperature: float, top_k: int
     return draw(filter_logits(logits, temperature, top_k, top_p).softmax(dim=-1), generator)
 
 
+SHAPE_STEP = 32
+
+
+def round_up(x: int, step: int) -> int:
+    return -(-x // step) * step
+
+
 @torch.no_grad()
 def generate_batch(model: Transformer, prompts: list[list[int]], n: int, max_new_tokens: int, eos_id: int,
                    pad_id: int, greedy: bool = False, temperature: float = 1.0, top_k: int | None = None,
@@ -66,8 +90,14 @@ def generate_batch(model: Transformer, prompts: list[list[int]], n: int, max_new
     before its first eos. Each prompt is prefilled once; its n sample rows then
     share its cached keys and values, and start from copies of its last logits."""
     device = model.device
+    real_rows = len(prompts) * n
     U, P = len(prompts), max(len(p) for p in prompts)
+    if decode is not None:  # compiled for static shapes: round them up, so that few are ever compiled
+        prompts = prompts + [prompts[0]] * (round_up(U, 8) - U)  # rows whose output is dropped
+        U, P = len(prompts), round_up(P, SHAPE_STEP)
     B, S = U * n, P + max_new_tokens
+    if decode is not None:
+        S = round_up(S, SHAPE_STEP)
     ids = torch.full((U, P), pad_id, dtype=torch.long)
     key_mask = torch.ones(U, S, dtype=torch.long)  # future slots may stay 1: causality hides them
     for b, p in enumerate(prompts):
@@ -97,8 +127,16 @@ def generate_batch(model: Transformer, prompts: list[list[int]], n: int, max_new
             pos += 1
     finally:
         model.clear_cache()
-    rows = out.tolist()
+    rows = out[:real_rows].tolist()
     return [row[:row.index(eos_id)] if eos_id in row else row for row in rows]
+
+
+def compiled_decode(model: Transformer):
+    """The decode step for torch.compile: static shapes, and on a GPU captured as a
+    CUDA graph (mode "reduce-overhead"), so that a step is one launch rather than
+    hundreds of small kernels each waiting on Python."""
+    mode = "reduce-overhead" if model.device.type == "cuda" else None
+    return torch.compile(model, fullgraph=True, dynamic=False, mode=mode)
 
 
 def generate_ids(model: Transformer, prompts: list[list[int]], *, n: int = 1, max_new_tokens: int = 200,
@@ -116,7 +154,7 @@ def generate_ids(model: Transformer, prompts: list[list[int]], *, n: int = 1, ma
     generator = None
     if seed is not None:
         generator = torch.Generator(device=model.device).manual_seed(seed)
-    decode = torch.compile(model, fullgraph=True, dynamic=False) if compile else None
+    decode = compiled_decode(model) if compile else None
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]), reverse=True)
     results: list[list[list[int]]] = [[] for _ in prompts]
     start = 0

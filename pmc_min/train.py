@@ -41,6 +41,7 @@ class UnlearnConfig:
     top_p: float = 0.95
     top_k: int | None = 50  # HF generate's default, which the authors' sampling applied
     min_len: int = 0
+    compile: bool = False  # PMC's sampling with a compiled decode step (a CUDA graph on a GPU)
     npo_beta: float = 0.1
     simnpo_beta: float = 2.5
     simnpo_gamma: float = 0.0
@@ -225,7 +226,8 @@ def unlearn(model: Transformer, tokenizer: Tokenizer, forget_rows: list[dict], r
             if cfg.method == "pmc":
                 pmc.resample(model, tokenizer, cache, idx, questions, y0, n=cfg.n_samples,
                              temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
-                             max_length=cfg.max_length, min_len=cfg.min_len, seed=cfg.seed * 1_000_003 + step * 997 + i)
+                             max_length=cfg.max_length, min_len=cfg.min_len, seed=cfg.seed * 1_000_003 + step * 997 + i,
+                             compile=cfg.compile)
                 parts.setdefault("picked_rouge_l", []).extend(cache.scores[q] for q in idx)
             fb = forget_batch(idx)
             rb = encode_rows(tokenizer, [retain_rows[j] for j in retain_idx], cfg.max_length, device)

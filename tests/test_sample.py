@@ -67,7 +67,22 @@ def test_filter_equals_transformers_warpers(vocab, temperature, top_k, top_p, se
         warpers.append(TopPLogitsWarper(top_p))
     for w in warpers:
         expected = w(None, expected)
-    assert torch.equal(filter_logits(logits, temperature, top_k, top_p), expected)
+    got = filter_logits(logits, temperature, top_k, top_p)
+    assert torch.equal(got[1:], expected[1:])  # no ties: identical
+    # Where equal logits straddle the top-p cut, HF keeps those its unstable sort happens
+    # to put last, pmc_min those with the highest indices: as many of each value.
+    assert torch.equal(got[0].sort().values, expected[0].sort().values)
+
+
+def test_top_p_keeps_the_last_of_equal_logits():
+    # Four equal tokens, p = 0.5: the two whose ascending cumulative probability is
+    # <= 0.5 go; with equal logits ordered by index, those are the first two.
+    got = filter_logits(torch.zeros(1, 4), top_p=0.5)
+    assert got.isfinite().tolist() == [[False, False, True, True]]
+    # The same behind top-k, with ties of the k-th beyond the k listed.
+    got = filter_logits(torch.tensor([[3.0, 0, 0, 0, 0, -1]]), top_k=2, top_p=0.9)
+    expected = TopPLogitsWarper(0.9)(None, TopKLogitsWarper(2)(None, torch.tensor([[3.0, 0, 0, 0, 0, -1]])))
+    assert got.isfinite().sum() == expected.isfinite().sum() == 3 and got[0, 3:5].isfinite().all()
 
 
 CHI2_999 = {4: 18.467, 9: 27.877}  # 0.999 quantiles of the chi-square distribution
@@ -133,19 +148,29 @@ def test_n_samples_share_one_prefill_exactly(tiny):
     assert got == [[e] * 3 for e in expected]
 
 
+CUDA_GRAPHS = pytest.param("cuda-graphs", marks=pytest.mark.skipif(not torch.cuda.is_available(),
+                                                                   reason="CUDA graphs need a CUDA GPU"))
+
+
 @pytest.mark.parametrize("kv_heads", [4, 2])  # grouped-query attention: 2 query heads share a kv head
-@pytest.mark.parametrize("mode", ["eager", "static", "compiled"])
+@pytest.mark.parametrize("mode", ["eager", "static", "compiled", CUDA_GRAPHS])
 def test_samples_sharing_a_prompt_decode_like_transformers(kv_heads, mode, tmp_path):
     """n rows per prompt read the prompt's cached keys once (SharedPrefixKV); every row of a
     greedy batch must still be token-identical to transformers, with rows stopping at eos at
-    different steps: with the per-step key length, with static shapes, and compiled."""
-    from pmc_min.sample import generate_batch
+    different steps: with the per-step key length, with static shapes, compiled, and compiled
+    as a CUDA graph on a GPU."""
+    from pmc_min.sample import compiled_decode, generate_batch
 
     hf = write_hf_phi(tmp_path, seed=4, hidden_size=64, num_attention_heads=4, num_key_value_heads=kv_heads,
                       num_hidden_layers=2, initializer_range=0.5)
-    model, _ = pmc_min.load(tmp_path)
+    device = "cuda" if mode == "cuda-graphs" else "cpu"
+    model, _ = pmc_min.load(tmp_path, device=device)
     eos, expected = early_eos_case(hf, 20)
     assert len(set(map(len, expected))) >= 3
-    decode = {"eager": None, "static": model, "compiled": torch.compile(model, fullgraph=True, dynamic=False)}[mode]
+    decode = {"eager": None, "static": model}.get(mode) if mode in ("eager", "static") else compiled_decode(model)
     got = generate_batch(model, PROMPTS, n=3, max_new_tokens=20, eos_id=eos, pad_id=0, greedy=True, decode=decode)
     assert got == [row for row in expected for _ in range(3)]
+    if mode == "cuda-graphs":  # batches of other shapes, each captured anew on its own cache
+        got = generate_ids(model, PROMPTS, max_new_tokens=20, eos_id=eos, pad_id=0, greedy=True, compile=True,
+                           max_batch_tokens=60)
+        assert [g[0] for g in got] == expected
