@@ -69,6 +69,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--compile", action="store_true", help="PMC's sampling with its decode step compiled by "
                    "torch.compile, as a CUDA graph on a GPU (a few compilations first, one per batch shape)")
+    p.add_argument("--sample-dtype", choices=["float32", "bfloat16", "float16"],
+                   help="PMC samples from a copy of the weights in this dtype (default: bfloat16 on a GPU, "
+                        "else the model's own)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--full-eval", action="store_true", help="evaluate the whole retain split, not 400 rows")
     p.add_argument("--limit", type=int, help="use only the first N rows of every split (quick smoke runs)")
@@ -95,6 +98,8 @@ def unlearn_config(args, preset: str) -> UnlearnConfig:
             cfg[f.name] = value
     if cfg.get("top_k") == 0:
         cfg["top_k"] = None
+    if cfg.get("sample_dtype") is None and torch.device(args.device).type == "cuda":
+        cfg["sample_dtype"] = "bfloat16"  # 3-4x faster draws than float32 weights on a GPU
     cfg = UnlearnConfig(**cfg)
     cfg.validate()
     return cfg

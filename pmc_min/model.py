@@ -17,6 +17,7 @@ them, so a padded row computes the same logits as the unpadded sequence.
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass, fields
 
@@ -186,11 +187,10 @@ class KVCache(nn.Module):
     """A static, preallocated key/value cache for one layer (gpt-fast style):
     fixed shapes, so a decode step can be captured by torch.compile / CUDA graphs."""
 
-    def __init__(self, batch: int, max_len: int, n_kv_heads: int, head_dim: int, dtype, device):
+    def __init__(self, k: torch.Tensor, v: torch.Tensor):  # each (batch, n_kv_heads, max_len, head_dim), zeroed
         super().__init__()
-        shape = (batch, n_kv_heads, max_len, head_dim)
-        self.register_buffer("k", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
-        self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+        self.register_buffer("k", k, persistent=False)
+        self.register_buffer("v", v, persistent=False)
 
     @property
     def slots(self) -> int:
@@ -210,14 +210,13 @@ class SharedPrefixKV(nn.Module):
     are cached per sample. A decode step of a large batch is bound by reading the
     cache; with PMC's n = 5 samples per question the prompt part is read 5x less."""
 
-    def __init__(self, prefilled: KVCache, n: int, prompt_len: int):
+    def __init__(self, prefilled: KVCache, n: int, prompt_len: int, k: torch.Tensor, v: torch.Tensor):
+        """k, v: zeroed (U * n, H_kv, slots - prompt_len, D), for the generated tokens."""
         super().__init__()
-        U, H_kv, _, D = prefilled.k.shape
         self.n, self.prompt_len = n, prompt_len
         self.prefix_k, self.prefix_v = prefilled.k[:, :, :prompt_len], prefilled.v[:, :, :prompt_len]
-        shape = (U * n, H_kv, prefilled.slots - prompt_len, D)
-        self.register_buffer("k", prefilled.k.new_zeros(shape), persistent=False)
-        self.register_buffer("v", prefilled.v.new_zeros(shape), persistent=False)
+        self.register_buffer("k", k, persistent=False)
+        self.register_buffer("v", v, persistent=False)
 
     @property
     def slots(self) -> int:
@@ -367,6 +366,7 @@ class Transformer(nn.Module):
         if cfg.tie_word_embeddings:
             self.lm_head.weight = self.embed_tokens.weight
         self.apply(self._init_weights)
+        self.kept_cache: dict[tuple, torch.Tensor] = {}  # see cache_zeros
 
     @staticmethod
     def _init_weights(m: nn.Module) -> None:
@@ -386,18 +386,49 @@ class Transformer(nn.Module):
     def num_parameters(self) -> int:
         return sum(p.numel() for p in {id(p): p for p in self.parameters()}.values())
 
-    def setup_cache(self, batch: int, max_len: int) -> None:
+    def copy_as(self, dtype: torch.dtype) -> "Transformer":
+        """A copy with its weights in dtype (rotary frequencies stay float32): PMC
+        samples from a bfloat16 copy on a GPU, refreshed by load_weights_from."""
+        twin = copy.deepcopy(self).to(dtype)
+        twin.rotary.inv_freq = self.rotary.inv_freq.clone()
+        twin.kept_cache = {}
+        return twin.eval()
+
+    @torch.no_grad()
+    def load_weights_from(self, other: "Transformer") -> None:
+        """Copy other's weights into this model's own tensors, in place, converting dtype."""
+        for mine, theirs in zip(self.parameters(), other.parameters(), strict=True):
+            mine.copy_(theirs)
+
+    def cache_zeros(self, key: tuple, shape: tuple, keep: bool) -> torch.Tensor:
+        """A zeroed cache tensor. With keep, the tensor stays with the model and the
+        next call with the same key and shape reuses it: a decode step captured as
+        a CUDA graph then finds its cache where it was recorded, and is replayed
+        rather than captured again."""
+        if not keep:
+            return torch.zeros(shape, dtype=self.dtype, device=self.device)
+        t = self.kept_cache.get(key)
+        if t is None or t.shape != shape or t.dtype != self.dtype or t.device != self.device:
+            t = self.kept_cache[key] = torch.zeros(shape, dtype=self.dtype, device=self.device)
+        return t.zero_()
+
+    def setup_cache(self, batch: int, max_len: int, keep: bool = False) -> None:
         """Preallocate a static KV cache of max_len slots for `batch` rows."""
         c = self.config
-        for layer in self.layers:
-            layer.self_attn.cache = KVCache(batch, max_len, c.num_key_value_heads, c.head_dim, self.dtype, self.device)
+        shape = (batch, c.num_key_value_heads, max_len, c.head_dim)
+        for i, layer in enumerate(self.layers):
+            layer.self_attn.cache = KVCache(self.cache_zeros(("k", i), shape, keep),
+                                            self.cache_zeros(("v", i), shape, keep))
 
-    def share_prefix(self, n: int, prompt_len: int) -> None:
+    def share_prefix(self, n: int, prompt_len: int, keep: bool = False) -> None:
         """After the prefill of prompt_len slots, let each cached row serve n sample rows
         (row b -> rows b*n .. b*n+n-1), its prompt's keys and values shared, not copied."""
-        for layer in self.layers:
+        for i, layer in enumerate(self.layers):
             cache = layer.self_attn.cache
-            layer.self_attn.cache = SharedPrefixKV(cache, n, prompt_len)
+            U, H_kv, S, D = cache.k.shape
+            shape = (U * n, H_kv, S - prompt_len, D)
+            layer.self_attn.cache = SharedPrefixKV(cache, n, prompt_len, self.cache_zeros(("gen k", i), shape, keep),
+                                                   self.cache_zeros(("gen v", i), shape, keep))
 
     def clear_cache(self) -> None:
         for layer in self.layers:

@@ -74,7 +74,7 @@ def pick_next(logits: torch.Tensor, greedy: bool, temperature: float, top_k: int
     return draw(filter_logits(logits, temperature, top_k, top_p).softmax(dim=-1), generator)
 
 
-SHAPE_STEP = 32
+SHAPE_STEP = 64
 
 
 def round_up(x: int, step: int) -> int:
@@ -105,11 +105,12 @@ def generate_batch(model: Transformer, prompts: list[list[int]], n: int, max_new
         key_mask[b, :P - len(p)] = 0
     ids, key_mask = ids.to(device), key_mask.to(device)
 
-    model.setup_cache(U, S)
+    keep = decode is not None  # a compiled step keeps its cache from call to call
+    model.setup_cache(U, S, keep)
     try:
         logits = model(ids, key_mask, torch.arange(P, device=device), last_only=True, kv_len=P)[:, -1]  # (U, V)
         if n > 1:
-            model.share_prefix(n, P)
+            model.share_prefix(n, P, keep)
             logits, key_mask = logits.repeat_interleave(n, dim=0), key_mask.repeat_interleave(n, dim=0)
         out = torch.full((B, max_new_tokens), pad_id, dtype=torch.long, device=device)
         done = torch.zeros(B, dtype=torch.bool, device=device)

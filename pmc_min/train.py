@@ -42,6 +42,7 @@ class UnlearnConfig:
     top_k: int | None = 50  # HF generate's default, which the authors' sampling applied
     min_len: int = 0
     compile: bool = False  # PMC's sampling with a compiled decode step (a CUDA graph on a GPU)
+    sample_dtype: str | None = None  # PMC's sampling from a copy of the weights in this dtype (bfloat16 on a GPU)
     npo_beta: float = 0.1
     simnpo_beta: float = 2.5
     simnpo_gamma: float = 0.0
@@ -57,6 +58,8 @@ class UnlearnConfig:
             problems.append(f"n (samples per question) must be at least 1, not {self.n_samples}")
         if self.lam < 0:
             problems.append(f"lambda must not be negative, not {self.lam}")
+        if self.sample_dtype not in (None, "float32", "bfloat16", "float16"):
+            problems.append(f"sample dtype must be float32, bfloat16 or float16, not {self.sample_dtype!r}")
         if self.temperature <= 0:
             problems.append(f"temperature must be positive, not {self.temperature}")
         if self.epochs < 0 or self.batch_size < 1 or self.grad_accum < 1 or self.max_length < 2:
@@ -213,6 +216,9 @@ def unlearn(model: Transformer, tokenizer: Tokenizer, forget_rows: list[dict], r
         answers = [baselines.IDK_ANSWER if cfg.method == "idk" else forget_rows[q]["answer"] for q in idx]
         return encode_qa(tokenizer, [questions[q] for q in idx], answers, cfg.max_length, device)
 
+    sampler = model  # PMC draws from the current weights, in sample_dtype if one is set
+    if cfg.method == "pmc" and cfg.sample_dtype and getattr(torch, cfg.sample_dtype) != model.dtype:
+        sampler = model.copy_as(getattr(torch, cfg.sample_dtype))
     model.train()
     bar = tqdm(total=cfg.epochs * steps_per_epoch, initial=step, desc=f"unlearn ({cfg.method})",
                disable=not progress)
@@ -224,7 +230,9 @@ def unlearn(model: Transformer, tokenizer: Tokenizer, forget_rows: list[dict], r
             idx = order[i * cfg.batch_size:(i + 1) * cfg.batch_size]
             retain_idx = rng.sample(range(len(retain_rows)), k=min(len(idx), len(retain_rows)))
             if cfg.method == "pmc":
-                pmc.resample(model, tokenizer, cache, idx, questions, y0, n=cfg.n_samples,
+                if sampler is not model:
+                    sampler.load_weights_from(model)
+                pmc.resample(sampler, tokenizer, cache, idx, questions, y0, n=cfg.n_samples,
                              temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
                              max_length=cfg.max_length, min_len=cfg.min_len, seed=cfg.seed * 1_000_003 + step * 997 + i,
                              compile=cfg.compile)

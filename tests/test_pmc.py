@@ -97,3 +97,27 @@ def test_forget_ground_truth_never_enters_a_pmc_training_batch(tmp_path):
             progress=False)
     assert any(CANARY in tok.decode(row).replace(" ", "") for k, b in seen if k == "forget"
                for row in b["input_ids"].tolist())
+
+
+def test_pmc_samples_from_a_bfloat16_copy_refreshed_before_every_draw(tmp_path, monkeypatch):
+    import torch
+
+    write_hf_phi(tmp_path, vocab_size=320)
+    model, tok = pmc_min.load(tmp_path)
+    forget = [{"question": f"Where was author {i} born?", "answer": f"In city number {i}."} for i in range(6)]
+    retain = [{"question": f"What did author {i} write?", "answer": f"Book {i}."} for i in range(6)]
+    draws, resample = [], pmc.resample
+
+    def spy(sampler, *args, **kwargs):
+        draws.append((sampler is not model, sampler.dtype, sampler.rotary.inv_freq.dtype,
+                      all(torch.equal(s, m.to(torch.bfloat16)) for s, m in zip(sampler.parameters(),
+                                                                                model.parameters()))))
+        return resample(sampler, *args, **kwargs)
+
+    monkeypatch.setattr(pmc, "resample", spy)
+    before = [p.clone() for p in model.parameters()]
+    cfg = UnlearnConfig(epochs=2, lr=1e-3, batch_size=3, grad_accum=1, max_length=40, n_samples=2,
+                        sample_dtype="bfloat16")
+    unlearn(model, tok, forget, retain, cfg, progress=False)
+    assert draws == [(True, torch.bfloat16, torch.float32, True)] * 4
+    assert model.dtype == torch.float32 and not all(torch.equal(a, b) for a, b in zip(before, model.parameters()))

@@ -170,6 +170,11 @@ def test_samples_sharing_a_prompt_decode_like_transformers(kv_heads, mode, tmp_p
     decode = {"eager": None, "static": model}.get(mode) if mode in ("eager", "static") else compiled_decode(model)
     got = generate_batch(model, PROMPTS, n=3, max_new_tokens=20, eos_id=eos, pad_id=0, greedy=True, decode=decode)
     assert got == [row for row in expected for _ in range(3)]
+    if mode != "eager":  # a compiled step keeps its cache: the next call of these shapes reuses it
+        kept = {k: t.data_ptr() for k, t in model.kept_cache.items()}
+        assert len(kept) == 4 * 2 and generate_batch(model, PROMPTS, n=3, max_new_tokens=20, eos_id=eos, pad_id=0,
+                                                     greedy=True, decode=decode) == got
+        assert {k: t.data_ptr() for k, t in model.kept_cache.items()} == kept
     if mode == "cuda-graphs":  # batches of other shapes, each captured anew on its own cache
         got = generate_ids(model, PROMPTS, max_new_tokens=20, eos_id=eos, pad_id=0, greedy=True, compile=True,
                            max_batch_tokens=60)

@@ -3,7 +3,7 @@
 The paper's settings (UnlearnConfig's defaults: 16 questions x 4 accumulated
 micro-batches, n = 5 samples, 200 tokens, T 1.25, top_p 0.95, top_k 50) on a
 model with microsoft/phi-1_5's config and random weights, trained as run.py
-trains it (float32 weights, bf16 autocast on CUDA). The tokenizer is a
+trains it (float32 weights, bf16 autocast on CUDA, samples drawn from a bf16 copy). The tokenizer is a
 byte-level BPE trained on TOFU; tokens it lacks get a large negative lm_head
 bias so that every sample decodes to text. A random model almost never writes
 eos, so nearly every sample runs the whole 200-token budget: an upper bound
@@ -36,6 +36,7 @@ parser.add_argument("--layers", type=int, default=24)
 parser.add_argument("--epochs", type=int, default=2)
 parser.add_argument("--limit", type=int, help="only the first N forget questions")
 parser.add_argument("--compile", action="store_true", help="sample with a compiled decode step (CUDA graphs)")
+parser.add_argument("--sample-dtype", help="as run.py: bfloat16 on a GPU, else the model's own")
 args = parser.parse_args()
 device = torch.device(args.device)
 
@@ -86,7 +87,8 @@ def on_epoch_end(state):
     stamps.append((time.perf_counter(), dict(timings)))
 
 
-cfg = train.UnlearnConfig(epochs=args.epochs, compile=args.compile)
+sample_dtype = args.sample_dtype or ("bfloat16" if device.type == "cuda" else None)
+cfg = train.UnlearnConfig(epochs=args.epochs, compile=args.compile, sample_dtype=sample_dtype)
 sync()
 start = time.perf_counter()
 curves = train.unlearn(model, tokenizer, forget, retain, cfg, on_epoch_end=on_epoch_end, progress=False)
@@ -94,7 +96,7 @@ lengths = [len(tokenizer.encode(a)) for a in curves["final_picks"] if a is not N
 
 print(f"{model.num_parameters():,} parameters ({args.layers} layers), {device} "
       f"{torch.cuda.get_device_name() if device.type == 'cuda' else ''}, {args.split}: {len(forget)} questions, "
-      f"n={cfg.n_samples}, {'compiled' if cfg.compile else 'eager'} sampling, batch {cfg.batch_size} x {cfg.grad_accum}, max_length {cfg.max_length}")
+      f"n={cfg.n_samples}, {'compiled' if cfg.compile else 'eager'} sampling in {cfg.sample_dtype or 'float32'}, batch {cfg.batch_size} x {cfg.grad_accum}, max_length {cfg.max_length}")
 print(f"y0 (greedy answers, once): {stamps[0][1]['y0']:.1f} s; picked answers average {sum(lengths) / len(lengths):.0f} "
       f"tokens")
 previous, before = start + stamps[0][1]["y0"], {"sampling": 0.0, "forget_nll": 0.0}
@@ -107,21 +109,3 @@ for epoch, (t, acc) in enumerate(stamps, start=1):
 if device.type == "cuda":
     print(f"peak GPU memory: {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB")
 
-
-def sampling_call():
-    """Best of three of one PMC sampling call: a micro-batch of questions, n samples each."""
-    best = float("inf")
-    for _ in range(3):
-        sync()
-        t = time.perf_counter()
-        pmc.sample_answers(model, tokenizer, [r["question"] for r in forget[:cfg.batch_size]], cfg.n_samples,
-                           cfg.temperature, cfg.top_p, cfg.top_k, cfg.max_length, seed=0, compile=cfg.compile)
-        sync()
-        best = min(best, time.perf_counter() - t)
-    return best
-
-
-fp32 = sampling_call()
-model.to(torch.bfloat16)
-print(f"one sampling call ({min(len(forget), cfg.batch_size)} questions x {cfg.n_samples}): {fp32:.2f} s with "
-      f"float32 weights, {sampling_call():.2f} s with bfloat16 weights")
