@@ -3,9 +3,10 @@
 The paper's settings (UnlearnConfig's defaults: 16 questions x 4 accumulated
 micro-batches, n = 5 samples, 200 tokens, T 1.25, top_p 0.95, top_k 50) on a
 model with microsoft/phi-1_5's config and random weights, trained as run.py
-trains it (float32 weights, bf16 autocast on CUDA, samples drawn from a bf16 copy). The tokenizer is a
-byte-level BPE trained on TOFU; tokens it lacks get a large negative lm_head
-bias so that every sample decodes to text. A random model almost never writes
+trains it (float32 weights, bf16 autocast on CUDA, samples drawn from a bf16
+copy of the weights). The tokenizer is a byte-level BPE trained on TOFU;
+tokens it lacks get a large negative lm_head bias so that every sample
+decodes to text. A random model almost never writes
 eos, so nearly every sample runs the whole 200-token budget: an upper bound
 for a fine-tuned model, whose answers end after a few dozen tokens.
 
@@ -94,11 +95,13 @@ start = time.perf_counter()
 curves = train.unlearn(model, tokenizer, forget, retain, cfg, on_epoch_end=on_epoch_end, progress=False)
 lengths = [len(tokenizer.encode(a)) for a in curves["final_picks"] if a is not None]
 
-print(f"{model.num_parameters():,} parameters ({args.layers} layers), {device} "
-      f"{torch.cuda.get_device_name() if device.type == 'cuda' else ''}, {args.split}: {len(forget)} questions, "
-      f"n={cfg.n_samples}, {'compiled' if cfg.compile else 'eager'} sampling in {cfg.sample_dtype or 'float32'}, batch {cfg.batch_size} x {cfg.grad_accum}, max_length {cfg.max_length}")
-print(f"y0 (greedy answers, once): {stamps[0][1]['y0']:.1f} s; picked answers average {sum(lengths) / len(lengths):.0f} "
-      f"tokens")
+gpu = torch.cuda.get_device_name() if device.type == "cuda" else ""
+mode = f"{'compiled' if cfg.compile else 'eager'} sampling in {cfg.sample_dtype or 'float32'}"
+print(f"{model.num_parameters():,} parameters ({args.layers} layers), {device} {gpu}, {args.split}: "
+      f"{len(forget)} questions, n={cfg.n_samples}, {mode}, batch {cfg.batch_size} x {cfg.grad_accum}, "
+      f"max_length {cfg.max_length}")
+print(f"y0 (greedy answers, once): {stamps[0][1]['y0']:.1f} s; picked answers average "
+      f"{sum(lengths) / len(lengths):.0f} tokens")
 previous, before = start + stamps[0][1]["y0"], {"sampling": 0.0, "forget_nll": 0.0}
 for epoch, (t, acc) in enumerate(stamps, start=1):
     sampling, nll = acc["sampling"] - before["sampling"], acc["forget_nll"] - before["forget_nll"]
