@@ -17,7 +17,6 @@ them, so a padded row computes the same logits as the unpadded sequence.
 
 from __future__ import annotations
 
-import copy
 import math
 from dataclasses import dataclass, fields
 
@@ -386,17 +385,10 @@ class Transformer(nn.Module):
     def num_parameters(self) -> int:
         return sum(p.numel() for p in {id(p): p for p in self.parameters()}.values())
 
-    def copy_as(self, dtype: torch.dtype) -> "Transformer":
-        """A copy with its weights in dtype (rotary frequencies stay float32): PMC
-        samples from a bfloat16 copy on a GPU, refreshed by load_weights_from."""
-        twin = copy.deepcopy(self).to(dtype)
-        twin.rotary.inv_freq = self.rotary.inv_freq.clone()
-        twin.kept_cache = {}
-        return twin.eval()
-
     @torch.no_grad()
     def load_weights_from(self, other: "Transformer") -> None:
-        """Copy other's weights into this model's own tensors, in place, converting dtype."""
+        """Copy other's weights into this model's own tensors, in place, converting dtype
+        (PMC's low-precision sampling copy, refreshed before every draw)."""
         for mine, theirs in zip(self.parameters(), other.parameters(), strict=True):
             mine.copy_(theirs)
 

@@ -92,12 +92,13 @@ def generate_batch(model: Transformer, prompts: list[list[int]], n: int, max_new
     device = model.device
     real_rows = len(prompts) * n
     U, P = len(prompts), max(len(p) for p in prompts)
-    if decode is not None:  # compiled for static shapes: round them up, so that few are ever compiled
+    S = P + max_new_tokens
+    static = decode is not None  # compiled: static shapes, and a cache kept from call to call
+    if static:  # shapes rounded up, so that few are ever compiled
         prompts = prompts + [prompts[0]] * (round_up(U, 8) - U)  # rows whose output is dropped
         U, P = len(prompts), round_up(P, SHAPE_STEP)
-    B, S = U * n, P + max_new_tokens
-    if decode is not None:
-        S = round_up(S, SHAPE_STEP)
+        S = round_up(P + max_new_tokens, SHAPE_STEP)
+    B = U * n
     ids = torch.full((U, P), pad_id, dtype=torch.long)
     key_mask = torch.ones(U, S, dtype=torch.long)  # future slots may stay 1: causality hides them
     for b, p in enumerate(prompts):
@@ -105,12 +106,11 @@ def generate_batch(model: Transformer, prompts: list[list[int]], n: int, max_new
         key_mask[b, :P - len(p)] = 0
     ids, key_mask = ids.to(device), key_mask.to(device)
 
-    keep = decode is not None  # a compiled step keeps its cache from call to call
-    model.setup_cache(U, S, keep)
+    model.setup_cache(U, S, keep=static)
     try:
         logits = model(ids, key_mask, torch.arange(P, device=device), last_only=True, kv_len=P)[:, -1]  # (U, V)
         if n > 1:
-            model.share_prefix(n, P, keep)
+            model.share_prefix(n, P, keep=static)
             logits, key_mask = logits.repeat_interleave(n, dim=0), key_mask.repeat_interleave(n, dim=0)
         out = torch.full((B, max_new_tokens), pad_id, dtype=torch.long, device=device)
         done = torch.zeros(B, dtype=torch.bool, device=device)
@@ -123,7 +123,7 @@ def generate_batch(model: Transformer, prompts: list[list[int]], n: int, max_new
             done |= token == eos_id
             if t + 1 == max_new_tokens or ((t + 1) % sync_every == 0 and bool(done.all())):
                 break
-            kv_len = P + t + 1 if decode is None else None  # static shapes when compiled
+            kv_len = None if static else P + t + 1  # the slots in use, unless shapes are static
             logits = step(token[:, None], key_mask, pos, last_only=True, kv_len=kv_len)[:, -1]
             pos += 1
     finally:

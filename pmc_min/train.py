@@ -17,6 +17,7 @@ import torch
 from tqdm import tqdm
 
 from . import baselines, pmc
+from .checkpoint import build
 from .data import encode_qa, encode_rows
 from .errors import UserError
 from .model import Transformer
@@ -217,8 +218,9 @@ def unlearn(model: Transformer, tokenizer: Tokenizer, forget_rows: list[dict], r
         return encode_qa(tokenizer, [questions[q] for q in idx], answers, cfg.max_length, device)
 
     sampler = model  # PMC draws from the current weights, in sample_dtype if one is set
-    if cfg.method == "pmc" and cfg.sample_dtype and getattr(torch, cfg.sample_dtype) != model.dtype:
-        sampler = model.copy_as(getattr(torch, cfg.sample_dtype))
+    sample_dtype = getattr(torch, cfg.sample_dtype) if cfg.sample_dtype else model.dtype
+    if cfg.method == "pmc" and sample_dtype != model.dtype:
+        sampler = build(model.config, dict(model.state_dict()), device=model.device, dtype=sample_dtype)
     model.train()
     bar = tqdm(total=cfg.epochs * steps_per_epoch, initial=step, desc=f"unlearn ({cfg.method})",
                disable=not progress)
