@@ -81,19 +81,25 @@ def round_up(x: int, step: int) -> int:
     return -(-x // step) * step
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def generate_batch(model: Transformer, prompts: list[list[int]], n: int, max_new_tokens: int, eos_id: int,
                    pad_id: int, greedy: bool = False, temperature: float = 1.0, top_k: int | None = None,
                    top_p: float = 1.0, generator: torch.Generator | None = None, sync_every: int = 8,
-                   decode=None) -> list[list[int]]:
+                   decode=None, static: bool | None = None) -> list[list[int]]:
     """n completions for each prompt of one batch (rows prompt-major), each cut
     before its first eos. Each prompt is prefilled once; its n sample rows then
-    share its cached keys and values, and start from copies of its last logits."""
+    share its cached keys and values, and start from copies of its last logits.
+
+    decode: the decode step (default: the model itself). static: fixed shapes and a
+    cache kept from call to call, as a CUDA graph needs; the default is static for
+    a compiled step on a GPU. Otherwise every step attends to the slots in use only
+    (on a CPU, a compiled step takes that length as a dynamic shape)."""
     device = model.device
     real_rows = len(prompts) * n
     U, P = len(prompts), max(len(p) for p in prompts)
     S = P + max_new_tokens
-    static = decode is not None  # compiled: static shapes, and a cache kept from call to call
+    if static is None:
+        static = decode is not None and device.type == "cuda"
     if static:  # shapes rounded up, so that few are ever compiled
         prompts = prompts + [prompts[0]] * (round_up(U, 8) - U)  # rows whose output is dropped
         U, P = len(prompts), round_up(P, SHAPE_STEP)
@@ -133,11 +139,14 @@ def generate_batch(model: Transformer, prompts: list[list[int]], n: int, max_new
 
 
 def compiled_decode(model: Transformer):
-    """The decode step for torch.compile: static shapes, and on a GPU captured as a
-    CUDA graph (mode "reduce-overhead"), so that a step is one launch rather than
-    hundreds of small kernels each waiting on Python."""
-    mode = "reduce-overhead" if model.device.type == "cuda" else None
-    return torch.compile(model, fullgraph=True, dynamic=False, mode=mode)
+    """The decode step, compiled by torch.compile. On a GPU it is captured as a CUDA
+    graph (mode "reduce-overhead", static shapes), so that a step is one launch rather
+    than hundreds of small kernels each waiting on Python. On a CPU the step is bound
+    by reading the cache, so it keeps attending to the slots in use only: the number
+    of slots is a dynamic shape, and one compilation serves every step."""
+    if model.device.type == "cuda":
+        return torch.compile(model, fullgraph=True, dynamic=False, mode="reduce-overhead")
+    return torch.compile(model, fullgraph=True, dynamic=True)
 
 
 def generate_ids(model: Transformer, prompts: list[list[int]], *, n: int = 1, max_new_tokens: int = 200,

@@ -157,8 +157,8 @@ CUDA_GRAPHS = pytest.param("cuda-graphs", marks=pytest.mark.skipif(not torch.cud
 def test_samples_sharing_a_prompt_decode_like_transformers(kv_heads, mode, tmp_path):
     """n rows per prompt read the prompt's cached keys once (SharedPrefixKV); every row of a
     greedy batch must still be token-identical to transformers, with rows stopping at eos at
-    different steps: with the per-step key length, with static shapes, compiled, and compiled
-    as a CUDA graph on a GPU."""
+    different steps: with the per-step key length, with static shapes, compiled (on a CPU,
+    with the key length dynamic), and compiled as a CUDA graph on a GPU."""
     from pmc_min.sample import compiled_decode, generate_batch
 
     hf = write_hf_phi(tmp_path, seed=4, hidden_size=64, num_attention_heads=4, num_key_value_heads=kv_heads,
@@ -167,13 +167,16 @@ def test_samples_sharing_a_prompt_decode_like_transformers(kv_heads, mode, tmp_p
     model, _ = pmc_min.load(tmp_path, device=device)
     eos, expected = early_eos_case(hf, 20)
     assert len(set(map(len, expected))) >= 3
-    decode = {"eager": None, "static": model}.get(mode) if mode in ("eager", "static") else compiled_decode(model)
-    got = generate_batch(model, PROMPTS, n=3, max_new_tokens=20, eos_id=eos, pad_id=0, greedy=True, decode=decode)
+    decode = None if mode in ("eager", "static") else compiled_decode(model)
+    static = mode in ("static", "cuda-graphs")
+    got = generate_batch(model, PROMPTS, n=3, max_new_tokens=20, eos_id=eos, pad_id=0, greedy=True, decode=decode,
+                         static=static)
     assert got == [row for row in expected for _ in range(3)]
-    if mode != "eager":  # a compiled step keeps its cache: the next call of these shapes reuses it
+    assert len(model.kept_cache) == (4 * 2 if static else 0)
+    if static:  # static shapes keep their cache: the next call of these shapes reuses it
         kept = {k: t.data_ptr() for k, t in model.kept_cache.items()}
-        assert len(kept) == 4 * 2 and generate_batch(model, PROMPTS, n=3, max_new_tokens=20, eos_id=eos, pad_id=0,
-                                                     greedy=True, decode=decode) == got
+        assert generate_batch(model, PROMPTS, n=3, max_new_tokens=20, eos_id=eos, pad_id=0, greedy=True,
+                              decode=decode, static=static) == got
         assert {k: t.data_ptr() for k, t in model.kept_cache.items()} == kept
     if mode == "cuda-graphs":  # batches of other shapes, each captured anew on its own cache
         got = generate_ids(model, PROMPTS, max_new_tokens=20, eos_id=eos, pad_id=0, greedy=True, compile=True,
