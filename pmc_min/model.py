@@ -182,14 +182,14 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     return torch.cat((x_rot * cos + rotate_half(x_rot) * sin, x_pass), dim=-1)
 
 
-class KVCache(nn.Module):
+class KVCache:
     """A static, preallocated key/value cache for one layer (gpt-fast style):
-    fixed shapes, so a decode step can be captured by torch.compile / CUDA graphs."""
+    fixed shapes, so a decode step can be captured by torch.compile / CUDA graphs.
+    A plain object, not a module: torch.compile then treats its tensors as inputs
+    whose sizes may vary from batch to batch, not as fixed-size module buffers."""
 
     def __init__(self, k: torch.Tensor, v: torch.Tensor):  # each (batch, n_kv_heads, max_len, head_dim), zeroed
-        super().__init__()
-        self.register_buffer("k", k, persistent=False)
-        self.register_buffer("v", v, persistent=False)
+        self.k, self.v = k, v
 
     @property
     def slots(self) -> int:
@@ -202,7 +202,7 @@ class KVCache(nn.Module):
         return self.k, self.v
 
 
-class SharedPrefixKV(nn.Module):
+class SharedPrefixKV:
     """The cache once a batch of U prompts is prefilled and each prompt gets n samples
     (rows prompt-major: row u*n + j is sample j of prompt u). The prompt's keys and
     values are kept once, not copied n times; only the tokens generated after them
@@ -211,20 +211,18 @@ class SharedPrefixKV(nn.Module):
 
     def __init__(self, prefilled: KVCache, n: int, prompt_len: int, k: torch.Tensor, v: torch.Tensor):
         """k, v: zeroed (U * n, H_kv, slots - prompt_len, D), for the generated tokens."""
-        super().__init__()
-        self.n, self.prompt_len = n, prompt_len
+        self.n = n
         self.prefix_k, self.prefix_v = prefilled.k[:, :, :prompt_len], prefilled.v[:, :, :prompt_len]
-        self.register_buffer("k", k, persistent=False)
-        self.register_buffer("v", v, persistent=False)
+        self.k, self.v = k, v
 
     @property
     def slots(self) -> int:
-        return self.prompt_len + self.k.shape[2]
+        return self.prefix_k.shape[2] + self.k.shape[2]
 
     def update(self, input_pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
         """Write the generated tokens' k, v (B, H_kv, T, D) at cache slots input_pos (T,)."""
-        self.k.index_copy_(2, input_pos - self.prompt_len, k)
-        self.v.index_copy_(2, input_pos - self.prompt_len, v)
+        self.k.index_copy_(2, input_pos - self.prefix_k.shape[2], k)
+        self.v.index_copy_(2, input_pos - self.prefix_k.shape[2], v)
 
     def attend(self, q: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
         """softmax(q k^T / sqrt(D)) v over the prompt's and the row's own generated keys.
@@ -396,12 +394,14 @@ class Transformer(nn.Module):
         """A zeroed cache tensor. With keep, the tensor stays with the model and the
         next call with the same key and shape reuses it: a decode step captured as
         a CUDA graph then finds its cache where it was recorded, and is replayed
-        rather than captured again."""
+        rather than captured again (the tensor is marked as a fixed address, so the
+        graph writes into it rather than into a copy)."""
         if not keep:
             return torch.zeros(shape, dtype=self.dtype, device=self.device)
         t = self.kept_cache.get(key)
         if t is None or t.shape != shape or t.dtype != self.dtype or t.device != self.device:
             t = self.kept_cache[key] = torch.zeros(shape, dtype=self.dtype, device=self.device)
+            torch._dynamo.mark_static_address(t, guard=False)
         return t.zero_()
 
     def setup_cache(self, batch: int, max_len: int, keep: bool = False) -> None:

@@ -168,6 +168,8 @@ def test_samples_sharing_a_prompt_decode_like_transformers(kv_heads, mode, tmp_p
     eos, expected = early_eos_case(hf, 20)
     assert len(set(map(len, expected))) >= 3
     decode = None if mode in ("eager", "static") else compiled_decode(model)
+    counters = torch._dynamo.utils.counters
+    counters.clear()
     static = mode in ("static", "cuda-graphs")
     got = generate_batch(model, PROMPTS, n=3, max_new_tokens=20, eos_id=eos, pad_id=0, greedy=True, decode=decode,
                          static=static)
@@ -178,7 +180,14 @@ def test_samples_sharing_a_prompt_decode_like_transformers(kv_heads, mode, tmp_p
         assert generate_batch(model, PROMPTS, n=3, max_new_tokens=20, eos_id=eos, pad_id=0, greedy=True,
                               decode=decode, static=static) == got
         assert {k: t.data_ptr() for k, t in model.kept_cache.items()} == kept
+    if mode == "compiled":  # on a CPU, other batch sizes and prompt lengths reuse the compiled step
+        graphs = counters["stats"]["unique_graphs"]
+        fewer = PROMPTS[:3]  # 3 prompts of at most 7 tokens, against 5 of at most 10
+        got = generate_batch(model, fewer, n=3, max_new_tokens=20, eos_id=eos, pad_id=0, greedy=True, decode=decode)
+        assert got == [row for row in hf_greedy(hf, fewer, 20, eos_id=eos) for _ in range(3)]
+        assert counters["stats"]["unique_graphs"] == graphs > 0
     if mode == "cuda-graphs":  # batches of other shapes, each captured anew on its own cache
+        assert counters["inductor"]["cudagraph_skips"] == 0  # the kept cache is written in place, not copied
         got = generate_ids(model, PROMPTS, max_new_tokens=20, eos_id=eos, pad_id=0, greedy=True, compile=True,
                            max_batch_tokens=60)
         assert [g[0] for g in got] == expected
