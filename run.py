@@ -68,7 +68,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--min-len", type=int, help="length penalty below this many words (0 = off)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--compile", action="store_true", help="PMC's sampling with its decode step compiled by "
-                   "torch.compile, as a CUDA graph on a GPU (a few compilations first, one per batch shape)")
+                   "torch.compile: on a GPU a CUDA graph, compiled once per batch shape; on a CPU compiled twice, "
+                   "which pays off only for long runs")
     p.add_argument("--sample-dtype", choices=["float32", "bfloat16", "float16"],
                    help="PMC samples from a copy of the weights in this dtype (default: bfloat16 on a GPU, "
                         "else the model's own)")
