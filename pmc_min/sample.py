@@ -143,7 +143,8 @@ def compiled_decode(model: Transformer):
     graph (mode "reduce-overhead", static shapes), so that a step is one launch rather
     than hundreds of small kernels each waiting on Python. On a CPU the step is bound
     by reading the cache, so it keeps attending to the slots in use only: the number
-    of slots is a dynamic shape, and one compilation serves every step."""
+    of slots is a dynamic shape, and one compilation serves every step, batch size and
+    prompt length (but the first step, whose single generated slot gets its own)."""
     if model.device.type == "cuda":
         return torch.compile(model, fullgraph=True, dynamic=False, mode="reduce-overhead")
     return torch.compile(model, fullgraph=True, dynamic=True)

@@ -4,6 +4,7 @@ the PMC Phi config), and the ratio. eos is made unreachable so both write
 exactly prompts x n x max_new_tokens tokens.
 
     python tests/benchmarks/sampler.py                        # tiny Phi on the CPU
+    python tests/benchmarks/sampler.py --compile              # pmc_min's decode step compiled
     python tests/benchmarks/sampler.py --size phi-1_5 --device cuda --dtype bfloat16 \\
         --prompts 64 --n 5 --max-new-tokens 200              # phi-1.5-sized, random weights
 """
