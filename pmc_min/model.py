@@ -394,14 +394,13 @@ class Transformer(nn.Module):
         """A zeroed cache tensor. With keep, the tensor stays with the model and the
         next call with the same key and shape reuses it: a decode step captured as
         a CUDA graph then finds its cache where it was recorded, and is replayed
-        rather than captured again (the tensor is marked as a fixed address, so the
-        graph writes into it rather than into a copy)."""
+        rather than captured again. (torch.compile takes tensors reached through the
+        model's modules as fixed-address inputs, which a CUDA graph writes in place.)"""
         if not keep:
             return torch.zeros(shape, dtype=self.dtype, device=self.device)
         t = self.kept_cache.get(key)
         if t is None or t.shape != shape or t.dtype != self.dtype or t.device != self.device:
             t = self.kept_cache[key] = torch.zeros(shape, dtype=self.dtype, device=self.device)
-            torch._dynamo.mark_static_address(t, guard=False)
         return t.zero_()
 
     def setup_cache(self, batch: int, max_len: int, keep: bool = False) -> None:

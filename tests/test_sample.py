@@ -152,6 +152,30 @@ CUDA_GRAPHS = pytest.param("cuda-graphs", marks=pytest.mark.skipif(not torch.cud
                                                                    reason="CUDA graphs need a CUDA GPU"))
 
 
+def test_kept_cache_reaches_the_compiled_step_at_fixed_addresses(tiny):
+    """A CUDA graph replays on the cache it was captured with only if the compiled step
+    takes the kept cache tensors as fixed-address inputs (otherwise it copies them in
+    on every replay, or gives up on graphs). Checked on the CPU with a backend that
+    records how the decode step's inputs reach it."""
+    from torch._dynamo.utils import get_static_address_type
+
+    from pmc_min.sample import generate_batch
+
+    _, model = tiny
+    caches = []
+
+    def backend(gm, example_inputs):
+        caches.append([get_static_address_type(t) for t in example_inputs
+                       if isinstance(t, torch.Tensor) and t.dim() == 4])  # the 4-d inputs: k and v caches
+        return gm.forward
+
+    step = torch.compile(model, backend=backend, fullgraph=True, dynamic=False)
+    generate_batch(model, PROMPTS, n=3, max_new_tokens=4, eos_id=-1, pad_id=0, decode=step, static=True)
+    layers = model.config.num_hidden_layers
+    assert caches and caches[0] == ["unguarded"] * (4 * layers)  # prompt k, v and generated k, v per layer
+    model.kept_cache.clear()
+
+
 @pytest.mark.parametrize("kv_heads", [4, 2])  # grouped-query attention: 2 query heads share a kv head
 @pytest.mark.parametrize("mode", ["eager", "static", "compiled", CUDA_GRAPHS])
 def test_samples_sharing_a_prompt_decode_like_transformers(kv_heads, mode, tmp_path):
