@@ -51,9 +51,9 @@ def filter_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int | N
     kept += torch.where(kept == k, ties - dropped_ties, 0)
     cut = top.gather(-1, kept.clamp(max=k) - 1)  # the value of the last kept token
     # Of the tokens equal to the cut, the last in vocabulary order are the first kept.
-    equal = logits == cut
+    above, equal = logits > cut, logits == cut
     rank = equal.flip(-1).cumsum(-1).flip(-1)  # 1 for the last equal one
-    keep = (logits > cut) | (equal & (rank <= kept - (logits > cut).sum(-1, keepdim=True)))
+    keep = above | (equal & (rank <= kept - above.sum(-1, keepdim=True)))
     return logits.masked_fill(~keep, float("-inf"))
 
 
