@@ -55,6 +55,9 @@ prompts = [torch.randint(2, cfg.vocab_size, (int(torch.randint(8, 40, (1,), gene
            for _ in range(args.prompts)]
 settings = dict(temperature=1.25, top_p=0.95, top_k=50)
 total = args.prompts * args.n * args.max_new_tokens
+P = max(map(len, prompts))
+padded = torch.tensor([[0] * (P - len(p)) + p for p in prompts], device=args.device)  # left-padded, for transformers
+mask = (padded != 0).long()  # prompt tokens are >= 2
 
 
 def sync():
@@ -69,12 +72,8 @@ def run_ours():
 
 
 def run_hf():
-    P = max(map(len, prompts))
-    ids = torch.tensor([[0] * (P - len(p)) + p for p in prompts], device=args.device)
-    mask = (torch.arange(P, device=args.device)[None] >= torch.tensor([P - len(p) for p in prompts],
-                                                                       device=args.device)[:, None]).long()
     with torch.no_grad():
-        out = hf.generate(input_ids=ids, attention_mask=mask, do_sample=True, num_return_sequences=args.n,
+        out = hf.generate(input_ids=padded, attention_mask=mask, do_sample=True, num_return_sequences=args.n,
                           max_new_tokens=args.max_new_tokens, min_new_tokens=args.max_new_tokens,
                           eos_token_id=0, pad_token_id=0, **settings)
     assert out.shape == (args.prompts * args.n, P + args.max_new_tokens)
@@ -99,11 +98,8 @@ def timed(fns, repeats=5):
 def logits_agreement():
     """Both models on the left-padded prompts: the largest logit difference at real
     tokens (relative to the largest logit) and how often their argmax agrees."""
-    P = max(map(len, prompts))
-    ids = torch.tensor([[0] * (P - len(p)) + p for p in prompts], device=args.device)
-    mask = (ids != 0).long()
     with torch.no_grad():
-        a, b = ours(ids, mask).float(), hf(input_ids=ids, attention_mask=mask).logits.float()
+        a, b = ours(padded, mask).float(), hf(input_ids=padded, attention_mask=mask).logits.float()
     a, b, real = a[..., 1:], b[..., 1:], mask.bool()  # leave out eos, pinned at -1e4
     diff = (a - b).abs()[real].max().item() / b[real].abs().max().item()
     return diff, (a.argmax(-1) == b.argmax(-1))[real].float().mean().item()
