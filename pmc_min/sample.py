@@ -7,9 +7,8 @@ prefill per prompt, then one token per step into a preallocated cache in
 which the n samples of a prompt share its keys and values (read once per
 step, not n times: `model.SharedPrefixKV`). Temperature, top-k and top-p
 filtering and the draw itself stay on the device (the draw inverts the CDF
-at one uniform per row, with no host sync, over the k largest logits rather
-than the vocabulary); the all-finished check syncs only every few steps.
-Large jobs are cut into batches by a token budget.
+at one uniform per row, with no host sync); the all-finished check syncs
+only every few steps. Large jobs are cut into batches by a token budget.
 """
 
 from __future__ import annotations
@@ -20,54 +19,41 @@ from .model import Transformer
 from .tokenizer import Tokenizer
 
 
-def nucleus(x: torch.Tensor, top_k: int | None, top_p: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Where HF's TopKLogitsWarper, then TopPLogitsWarper, cut the (temperature-scaled)
-    logits x (B, V). Both keep a prefix of the tokens in descending order, in which
-    equal logits come last index first (HF's top-p sorts ascending, equal logits by
-    index, and drops from the start: cumulative probability <= 1 - p, the most likely
-    token always kept). Returns top, index (B, k): the k largest logits, descending,
-    and kept (B, 1): the length of that prefix. Only the k largest are sorted
-    (torch.topk), not the vocabulary: after top-k nothing else has mass but ties of
-    the k-th, which kept counts too when it goes past them (kept > k). Without top-k, k = V."""
-    V = x.shape[-1]
+def filter_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
+                  top_p: float = 1.0) -> torch.Tensor:
+    """Temperature, then top-k, then top-p (nucleus), as HF's
+    Temperature/TopK/TopPLogitsWarper chain: removed tokens become -inf.
+    Top-k keeps every token at least as large as the k-th. Top-p sorts the
+    survivors ascending (equal logits by vocabulary index) and drops those whose
+    cumulative probability is <= 1 - p, keeping the most likely one; so the kept
+    tokens are the first r of the descending order. logits: (B, V) float32.
+
+    Only the k largest logits are sorted (torch.topk), not the whole vocabulary:
+    after top-k nothing else has mass but ties of the k-th. Without top-k, k = V."""
+    if temperature != 1.0:
+        logits = logits / temperature
+    V = logits.shape[-1]
     k = min(top_k or V, V)
-    top, index = torch.topk(x, k)  # (B, k), descending
+    if k == V and top_p >= 1.0:
+        return logits
+    top, index = torch.topk(logits, k)  # (B, k), descending
     kth = top[..., -1:]
-    ties = (x >= kth).sum(-1, keepdim=True) - k  # survivors equal to the k-th but not listed
+    if k < V:
+        logits = logits.masked_fill(logits < kth, float("-inf"))
     if top_p >= 1.0:
-        return top, index, k + ties
-    weight = (top - top[..., :1]).exp()  # exp(x - max)
-    mass = weight / (weight.sum(-1, keepdim=True) + ties * weight[..., -1:])  # the listed tokens' probabilities
+        return logits
+    mass = logits.softmax(-1).gather(-1, index)  # the listed tokens' probabilities
+    ties = (logits >= kth).sum(-1, keepdim=True) - k  # survivors equal to the k-th but not listed
     # Ascending, the unlisted ties come first, then the listed tokens from the last.
     ascending = mass.flip(-1).cumsum(-1).flip(-1) + ties * mass[..., -1:]  # each one's cumulative probability
     kept = (ascending > 1 - top_p).sum(-1, keepdim=True).clamp(min=1)  # a prefix of the listed tokens
     dropped_ties = ((1 - top_p) / mass[..., -1:]).floor().minimum(ties).long()
-    return top, index, kept + torch.where(kept == k, ties - dropped_ties, 0)
-
-
-def cut_of(top: torch.Tensor, kept: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The value of the last kept token (B, 1), and how many kept tokens lie above it (B, 1):
-    all listed, since they are above the k-th."""
-    cut = top.gather(-1, kept.clamp(max=top.shape[-1]) - 1)
-    return cut, (top > cut).sum(-1, keepdim=True)
-
-
-def filter_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
-                  top_p: float = 1.0) -> torch.Tensor:
-    """Temperature, then top-k, then top-p (nucleus), as HF's
-    Temperature/TopK/TopPLogitsWarper chain: removed tokens become -inf. logits: (B, V) float32.
-    Top-k keeps every token at least as large as the k-th; top-p keeps the tokens `nucleus` finds."""
-    if temperature != 1.0:
-        logits = logits / temperature
-    V = logits.shape[-1]
-    if min(top_k or V, V) == V and top_p >= 1.0:
-        return logits
-    top, _, kept = nucleus(logits, top_k, top_p)
-    cut, above = cut_of(top, kept)
+    kept += torch.where(kept == k, ties - dropped_ties, 0)
+    cut = top.gather(-1, kept.clamp(max=k) - 1)  # the value of the last kept token
     # Of the tokens equal to the cut, the last in vocabulary order are the first kept.
-    equal = logits == cut
+    above, equal = logits > cut, logits == cut
     rank = equal.flip(-1).cumsum(-1).flip(-1)  # 1 for the last equal one
-    keep = (logits > cut) | (equal & (rank <= kept - above))
+    keep = above | (equal & (rank <= kept - above.sum(-1, keepdim=True)))
     return logits.masked_fill(~keep, float("-inf"))
 
 
@@ -80,37 +66,12 @@ def draw(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch
     return torch.searchsorted(cdf, u, right=True).squeeze(-1).clamp(max=probs.shape[-1] - 1)
 
 
-def draw_nucleus(x: torch.Tensor, top_k: int | None, top_p: float,
-                 generator: torch.Generator | None = None) -> torch.Tensor:
-    """One token per row from softmax(filter_logits(x, 1, top_k, top_p)), without building
-    those logits over the vocabulary: `draw`'s inverse CDF over the k sorted candidates,
-    first the kept ones above the cut (weights exp(x - max)), then the kept tokens equal
-    to the cut, which are the last of those in vocabulary order (and may lie beyond the list)."""
-    top, index, kept = nucleus(x, top_k, top_p)
-    cut, above = cut_of(top, kept)
-    cdf = (top - top[..., :1]).exp().cumsum(-1)  # (B, k)
-    mass_above = torch.where(above > 0, cdf.gather(-1, (above - 1).clamp(min=0)), 0.0)
-    w_cut, n_cut = (cut - top[..., :1]).exp(), kept - above  # each equal token's weight; how many are kept
-    u = torch.rand(x.shape[0], 1, device=x.device, generator=generator) * (mass_above + n_cut * w_cut)
-    listed = index.gather(-1, torch.searchsorted(cdf, u, right=True).clamp(max=top.shape[-1] - 1))
-    # Past mass_above: the j-th of the n_cut kept equal tokens, which are the last ones in vocabulary order.
-    j = ((u - mass_above).clamp(min=0) / w_cut.clamp(min=torch.finfo(x.dtype).tiny)).long().minimum(n_cut - 1)
-    seen = (x == cut).cumsum(-1)  # (B, V): equal tokens up to each index
-    equal = torch.searchsorted(seen, seen[..., -1:] - n_cut + j, right=True)
-    return torch.where(u < mass_above, listed, equal).squeeze(-1)
-
-
 def pick_next(logits: torch.Tensor, greedy: bool, temperature: float, top_k: int | None, top_p: float,
               generator: torch.Generator | None) -> torch.Tensor:
     logits = logits.float()
     if greedy:
         return logits.argmax(dim=-1)
-    if temperature != 1.0:
-        logits = logits / temperature
-    V = logits.shape[-1]
-    if min(top_k or V, V) == V and top_p >= 1.0:
-        return draw(logits.softmax(dim=-1), generator)
-    return draw_nucleus(logits, top_k, top_p, generator)
+    return draw(filter_logits(logits, temperature, top_k, top_p).softmax(dim=-1), generator)
 
 
 SHAPE_STEP = 64
