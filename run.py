@@ -25,6 +25,7 @@ import pmc_min
 from pmc_min import attacks, checkpoint, tiny
 from pmc_min.data import FORGET_SPLITS, RETAIN_OF, load_split, resolve_data_dir, wikitext_probe
 from pmc_min.resume import atomic_write_text, latest_checkpoint, load_checkpoint, save_checkpoint
+from pmc_min.sample import sampling_problems
 from pmc_min.evaluate import SPLITS, eval_sets, evaluate
 from pmc_min.train import METHODS, NonFiniteLoss, UnlearnConfig, finetune, unlearn
 
@@ -158,6 +159,8 @@ def main(argv=None) -> int:
     preset = "tiny" if args.model == "tiny" else "llama" if args.model in LLAMA_NAMES else "default"
     cfg = unlearn_config(args, preset)
     evals = requested_evals(args)
+    if problems := sampling_problems(args.eval_temperature, 1.0, None):
+        raise pmc_min.UserError(f"Bad --eval-temperature: {problems[0]}.")
     if args.probe_text and not Path(args.probe_text).is_file():
         raise pmc_min.UserError(f"--probe-text {args.probe_text} does not exist.")
     ft = dict(FINETUNE.get(preset, FINETUNE["default"]))

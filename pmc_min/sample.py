@@ -13,10 +13,25 @@ only every few steps. Large jobs are cut into batches by a token budget.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from .model import Transformer
 from .tokenizer import Tokenizer
+
+
+def sampling_problems(temperature: float, top_p: float, top_k: int | None) -> list[str]:
+    """What is wrong with these sampling settings, one phrase each (none: an empty list).
+    top_k 0 or None means no top-k, as in HF's generate."""
+    problems = []
+    if not (temperature > 0 and math.isfinite(temperature)):
+        problems.append(f"temperature must be a positive number, not {temperature}")
+    if not 0 < top_p <= 1:
+        problems.append(f"top_p must be in (0, 1], not {top_p}")
+    if top_k is not None and top_k < 0:
+        problems.append(f"top_k must not be negative (0 or None: no top-k), not {top_k}")
+    return problems
 
 
 def filter_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
@@ -160,6 +175,13 @@ def generate_ids(model: Transformer, prompts: list[list[int]], *, n: int = 1, ma
     most max_batch_tokens cache slots (n rows of prompt + new tokens each)."""
     if any(len(p) == 0 for p in prompts):
         raise ValueError("Every prompt needs at least one token.")
+    problems = [] if greedy else sampling_problems(temperature, top_p, top_k)
+    if n < 1:
+        problems.append(f"n must be at least 1, not {n}")
+    if max_new_tokens < 0:
+        problems.append(f"max_new_tokens must not be negative, not {max_new_tokens}")
+    if problems:
+        raise ValueError(f"Bad sampling setting: {'; '.join(problems)}.")
     if greedy:
         n = 1
     generator = None

@@ -21,6 +21,7 @@ from .checkpoint import build
 from .data import encode_qa, encode_rows
 from .errors import UserError
 from .model import Transformer
+from .sample import sampling_problems
 from .tokenizer import Tokenizer
 
 METHODS = ("pmc", "ga", "gd", "idk", "npo", "simnpo")
@@ -53,16 +54,13 @@ class UnlearnConfig:
         problems = []
         if self.method not in METHODS:
             problems.append(f"method must be one of {', '.join(METHODS)}, not {self.method!r}")
-        if not 0 < self.top_p <= 1:
-            problems.append(f"top_p must be in (0, 1], not {self.top_p}")
+        problems += sampling_problems(self.temperature, self.top_p, self.top_k)
         if self.n_samples < 1:
             problems.append(f"n (samples per question) must be at least 1, not {self.n_samples}")
-        if self.lam < 0:
+        if not self.lam >= 0:
             problems.append(f"lambda must not be negative, not {self.lam}")
         if self.sample_dtype not in (None, "float32", "bfloat16", "float16"):
             problems.append(f"sample dtype must be float32, bfloat16 or float16, not {self.sample_dtype!r}")
-        if self.temperature <= 0:
-            problems.append(f"temperature must be positive, not {self.temperature}")
         if self.epochs < 0 or self.batch_size < 1 or self.grad_accum < 1 or self.max_length < 2:
             problems.append("epochs, batch size, gradient accumulation and max length must be positive")
         if not self.lr > 0:

@@ -164,6 +164,10 @@ def test_config_missing_required_fields(setup, tmp_path):
     ("--top-p", "1.01", r"Bad hyperparameter: top_p must be in \(0, 1\], not 1.01\."),
     ("--n", "0", r"Bad hyperparameter: n \(samples per question\) must be at least 1, not 0\."),
     ("--lambda", "-0.5", r"Bad hyperparameter: lambda must not be negative, not -0.5\."),
+    ("--temperature", "0", r"Bad hyperparameter: temperature must be a positive number, not 0.0\."),
+    ("--temperature", "nan", r"Bad hyperparameter: temperature must be a positive number, not nan\."),
+    ("--top-k", "-3", r"Bad hyperparameter: top_k must not be negative \(0 or None: no top-k\), not -3\."),
+    ("--eval-temperature", "0", r"Bad --eval-temperature: temperature must be a positive number, not 0.0\."),
 ])
 def test_hyperparameters_out_of_range(setup, flag, value, pattern):
     assert_clean_error(run_py("--model", str(setup / "phi"), "--data-dir", str(setup / "data"), flag, value),

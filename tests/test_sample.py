@@ -128,6 +128,20 @@ def test_seeded_sampling_is_deterministic(tiny):
     assert all(len(per) == 3 for per in a)
 
 
+@pytest.mark.parametrize("setting, message", [
+    (dict(temperature=0.0), "temperature must be a positive number, not 0.0"),
+    (dict(temperature=float("nan")), "temperature must be a positive number, not nan"),
+    (dict(top_p=1.5), r"top_p must be in \(0, 1\], not 1.5"),
+    (dict(top_k=-3), r"top_k must not be negative \(0 or None: no top-k\), not -3"),
+    (dict(n=0), "n must be at least 1, not 0"),
+    (dict(max_new_tokens=-1), "max_new_tokens must not be negative, not -1"),
+])
+def test_bad_sampling_settings_fail_in_one_sentence(tiny, setting, message):
+    _, model = tiny
+    with pytest.raises(ValueError, match=rf"^Bad sampling setting: {message}\.$"):
+        generate_ids(model, PROMPTS, eos_id=0, pad_id=0, seed=0, **{"max_new_tokens": 4, **setting})
+
+
 def test_generate_decodes_strings(tiny, tmp_path):
     _, model = tiny
     from helpers import byte_level_tokenizer
