@@ -191,12 +191,13 @@ def test_kept_cache_reaches_the_compiled_step_at_fixed_addresses(tiny):
 
 
 @pytest.mark.parametrize("kv_heads", [4, 2])  # grouped-query attention: 2 query heads share a kv head
-@pytest.mark.parametrize("mode", ["eager", "static", "compiled", CUDA_GRAPHS])
+@pytest.mark.parametrize("mode", ["eager", "static", "compiled", "static-compiled", CUDA_GRAPHS])
 def test_samples_sharing_a_prompt_decode_like_transformers(kv_heads, mode, tmp_path):
     """n rows per prompt read the prompt's cached keys once (SharedPrefixKV); every row of a
     greedy batch must still be token-identical to transformers, with rows stopping at eos at
     different steps: with the per-step key length, with static shapes, compiled (on a CPU,
-    with the key length dynamic), and compiled as a CUDA graph on a GPU."""
+    with the key length dynamic), compiled with static shapes and the kept cache (the graph
+    a GPU captures, here without the CUDA graph), and compiled as a CUDA graph on a GPU."""
     from pmc_min.sample import compiled_decode, generate_batch
 
     hf = write_hf_phi(tmp_path, seed=4, hidden_size=64, num_attention_heads=4, num_key_value_heads=kv_heads,
@@ -206,9 +207,11 @@ def test_samples_sharing_a_prompt_decode_like_transformers(kv_heads, mode, tmp_p
     eos, expected = early_eos_case(hf, 20)
     assert len(set(map(len, expected))) >= 3
     decode = None if mode in ("eager", "static") else compiled_decode(model)
+    if mode == "static-compiled":  # compiled_decode on a GPU, less mode="reduce-overhead"
+        decode = torch.compile(model, fullgraph=True, dynamic=False)
     counters = torch._dynamo.utils.counters
     counters.clear()
-    static = mode in ("static", "cuda-graphs")
+    static = mode in ("static", "static-compiled", "cuda-graphs")
     got = generate_batch(model, PROMPTS, n=3, max_new_tokens=20, eos_id=eos, pad_id=0, greedy=True, decode=decode,
                          static=static)
     assert got == [row for row in expected for _ in range(3)]
