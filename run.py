@@ -92,6 +92,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def check_device(name: str) -> None:
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise pmc_min.UserError(f"--device {name} is not a device torch knows; use cpu or cuda.") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise pmc_min.UserError("--device cuda was asked for, but torch sees no CUDA GPU.")
+
+
 def unlearn_config(args, preset: str) -> UnlearnConfig:
     cfg = dict(PRESETS.get(preset, {}))
     for f in fields(UnlearnConfig):
@@ -156,6 +165,7 @@ def main(argv=None) -> int:
         args = parse_args(argv)
         args.out, args.resume, args.no_progress = str(out), str(out), args.no_progress or no_progress
     start = time.time()
+    check_device(args.device)
     preset = "tiny" if args.model == "tiny" else "llama" if args.model in LLAMA_NAMES else "default"
     cfg = unlearn_config(args, preset)
     evals = requested_evals(args)
@@ -170,8 +180,6 @@ def main(argv=None) -> int:
         raise pmc_min.UserError("--finetune-epochs and --save-every must not be negative, --limit at least 1.")
     log = (lambda *a: None) if args.no_progress else print
     progress = not args.no_progress
-    if torch.device(args.device).type == "cuda" and not torch.cuda.is_available():
-        raise pmc_min.UserError("--device cuda was asked for, but torch sees no CUDA GPU.")
     name = Path(args.model).name if args.model not in checkpoint.ALIASES else args.model
     out = Path(args.out or f"runs/{name}-{args.method}-{args.split}")
     if not args.resume and (out / "checkpoints").exists():

@@ -168,6 +168,7 @@ def test_config_missing_required_fields(setup, tmp_path):
     ("--temperature", "nan", r"Bad hyperparameter: temperature must be a positive number, not nan\."),
     ("--top-k", "-3", r"Bad hyperparameter: top_k must not be negative \(0 or None: no top-k\), not -3\."),
     ("--eval-temperature", "0", r"Bad --eval-temperature: temperature must be a positive number, not 0.0\."),
+    ("--device", "tpu", r"--device tpu is not a device torch knows; use cpu or cuda\."),
 ])
 def test_hyperparameters_out_of_range(setup, flag, value, pattern):
     assert_clean_error(run_py("--model", str(setup / "phi"), "--data-dir", str(setup / "data"), flag, value),
