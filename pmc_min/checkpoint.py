@@ -208,8 +208,19 @@ def build(cfg: Config, tensors: dict[str, torch.Tensor], device="cpu", dtype=tor
     return model.eval()
 
 
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64}
+
+
 def load(name_or_path: str | Path, device="cpu", dtype=torch.float32) -> tuple[Transformer, Tokenizer]:
-    """(model, tokenizer) from a local folder, the HF cache, or the hub."""
+    """(model, tokenizer) from a local folder, the HF cache, or the hub. dtype: a
+    torch dtype or its name, one of float32, bfloat16, float16, float64."""
+    dtype = DTYPES.get(dtype, dtype) if isinstance(dtype, str) else dtype
+    if dtype not in DTYPES.values():
+        raise UserError(f"dtype must be one of {', '.join(DTYPES)}, not {dtype}.")
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise UserError(f"{device!r} is not a device torch knows; use cpu or cuda.") from None
     folder = resolve(name_or_path)
     cfg = load_config(folder)
     model = build(cfg, to_our_names(read_weights(folder)), device=device, dtype=dtype)

@@ -210,6 +210,19 @@ def test_config_that_does_not_fit_the_weights_is_named(override, message, tmp_pa
         pmc_min.load(tmp_path)
 
 
+@pytest.mark.parametrize("setting, message", [
+    (dict(dtype="float8"), "dtype must be one of float32, bfloat16, float16, float64, not float8"),
+    (dict(dtype=torch.int8), "dtype must be one of float32, bfloat16, float16, float64, not torch.int8"),
+    (dict(device="tpu"), "'tpu' is not a device torch knows; use cpu or cuda"),
+])
+def test_bad_dtype_or_device_is_named(setting, message, tmp_path):
+    write_hf_phi(tmp_path)
+    with pytest.raises(pmc_min.UserError, match=rf"^{message}\.$"):
+        pmc_min.load(tmp_path, **setting)
+    model, _ = pmc_min.load(tmp_path, dtype="bfloat16")  # a dtype's name will do
+    assert model.dtype == torch.bfloat16
+
+
 def test_corrupt_safetensors_is_named(tmp_path):
     write_hf_phi(tmp_path)
     path = tmp_path / "model.safetensors"
