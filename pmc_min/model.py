@@ -182,6 +182,16 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     return torch.cat((x_rot * cos + rotate_half(x_rot) * sin, x_pass), dim=-1)
 
 
+def write_slots(cache: torch.Tensor, slots: slice | torch.Tensor, x: torch.Tensor) -> None:
+    """cache[:, :, slots] = x for a cache (B, H_kv, S, D). A slice is a plain copy; a
+    tensor of slot indices (a decode step captured as a CUDA graph, where the slot
+    is data) is an index_copy_, slower on a CPU."""
+    if isinstance(slots, slice):
+        cache[:, :, slots] = x
+    else:
+        cache.index_copy_(2, slots, x)
+
+
 class KVCache:
     """A static, preallocated key/value cache for one layer (gpt-fast style):
     fixed shapes, so a decode step can be captured by torch.compile / CUDA graphs.
@@ -195,10 +205,10 @@ class KVCache:
     def slots(self) -> int:
         return self.k.shape[2]
 
-    def update(self, input_pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
-        """Write k, v (B, H_kv, T, D) at slots input_pos (T,); return the whole cache."""
-        self.k.index_copy_(2, input_pos, k)
-        self.v.index_copy_(2, input_pos, v)
+    def update(self, slots: slice | torch.Tensor, k: torch.Tensor, v: torch.Tensor):
+        """Write k, v (B, H_kv, T, D) at the T cache slots `slots`; return the whole cache."""
+        write_slots(self.k, slots, k)
+        write_slots(self.v, slots, v)
         return self.k, self.v
 
 
@@ -219,10 +229,12 @@ class SharedPrefixKV:
     def slots(self) -> int:
         return self.prefix_k.shape[2] + self.k.shape[2]
 
-    def update(self, input_pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
-        """Write the generated tokens' k, v (B, H_kv, T, D) at cache slots input_pos (T,)."""
-        self.k.index_copy_(2, input_pos - self.prefix_k.shape[2], k)
-        self.v.index_copy_(2, input_pos - self.prefix_k.shape[2], v)
+    def update(self, slots: slice | torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+        """Write the generated tokens' k, v (B, H_kv, T, D) at the T cache slots `slots`."""
+        P = self.prefix_k.shape[2]
+        slots = slice(slots.start - P, slots.stop - P) if isinstance(slots, slice) else slots - P
+        write_slots(self.k, slots, k)
+        write_slots(self.v, slots, v)
 
     def attend(self, q: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
         """softmax(q k^T / sqrt(D)) v over the prompt's and the row's own generated keys.
@@ -262,7 +274,7 @@ class Attention(nn.Module):
         self.qk_layernorm = cfg.qk_layernorm
         self.cache: KVCache | SharedPrefixKV | None = None
 
-    def forward(self, x, cos, sin, allowed, input_pos):
+    def forward(self, x, cos, sin, allowed, written):
         B, T, _ = x.shape
         q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, D)
         k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
@@ -271,11 +283,11 @@ class Attention(nn.Module):
             q, k = self.q_layernorm(q), self.k_layernorm(k)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         if isinstance(self.cache, SharedPrefixKV):  # a decode step of n samples per prompt
-            self.cache.update(input_pos, k, v)
+            self.cache.update(written, k, v)
             y = self.cache.attend(q, allowed)  # (B, H, 1, D)
         else:
             if self.cache is not None:
-                k, v = self.cache.update(input_pos, k, v)  # (B, H_kv, S, D)
+                k, v = self.cache.update(written, k, v)  # (B, H_kv, S, D)
                 k, v = k[:, :, :allowed.shape[-1]], v[:, :, :allowed.shape[-1]]  # the slots in use
             if self.n_kv_heads != self.n_heads:
                 k = k.repeat_interleave(self.n_heads // self.n_kv_heads, dim=1)
@@ -330,8 +342,8 @@ class LlamaBlock(nn.Module):
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.mlp = SwiGLU(cfg)
 
-    def forward(self, x, cos, sin, allowed, input_pos):
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, allowed, input_pos)
+    def forward(self, x, cos, sin, allowed, written):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, allowed, written)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -344,9 +356,9 @@ class Block(nn.Module):
         self.self_attn = Attention(cfg)
         self.mlp = MLP(cfg)
 
-    def forward(self, x, cos, sin, allowed, input_pos):
+    def forward(self, x, cos, sin, allowed, written):
         h = self.input_layernorm(x)
-        return x + self.self_attn(h, cos, sin, allowed, input_pos) + self.mlp(h)
+        return x + self.self_attn(h, cos, sin, allowed, written) + self.mlp(h)
 
 
 class Transformer(nn.Module):
@@ -436,11 +448,16 @@ class Transformer(nn.Module):
         cache slots: 1 for every real token (slots not yet written may be 1
         too: causality hides them). kv_len, when the caller knows it, limits
         attention to the first kv_len slots: less work, but a shape that
-        changes every step (leave it None under torch.compile).
+        changes every step (static under a CUDA graph: leave it None there).
+        input_pos defaults to the T slots just before kv_len (or the first T).
         """
         B, T = input_ids.shape
-        if input_pos is None:
-            input_pos = torch.arange(T, device=input_ids.device)
+        if input_pos is None:  # the slots are known here, so the cache is written by a plain copy
+            end = T if kv_len is None else kv_len
+            written = slice(end - T, end)
+            input_pos = torch.arange(end - T, end, device=input_ids.device)
+        else:  # the slots are data (a decode step captured as a CUDA graph)
+            written = input_pos
         cache = self.layers[0].self_attn.cache
         S = cache.slots if cache is not None else T
         if attention_mask is None:
@@ -461,7 +478,7 @@ class Transformer(nn.Module):
         x = self.embed_tokens(input_ids)
         cos, sin = self.rotary(positions, x.dtype)
         for layer in self.layers:
-            x = layer(x, cos, sin, allowed, input_pos)
+            x = layer(x, cos, sin, allowed, written)
         if last_only:
             x = x[:, -1:]
         return self.lm_head(self.final_layernorm(x))

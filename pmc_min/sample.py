@@ -54,7 +54,7 @@ def filter_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int | N
     top, index = torch.topk(logits, k)  # (B, k), descending
     kth = top[..., -1:]
     if k < V:
-        logits = logits.masked_fill(logits < kth, float("-inf"))
+        logits = torch.where(logits < kth, float("-inf"), logits)
     if top_p >= 1.0:
         return logits
     mass = logits.softmax(-1).gather(-1, index)  # the listed tokens' probabilities
@@ -65,11 +65,13 @@ def filter_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int | N
     dropped_ties = ((1 - top_p) / mass[..., -1:]).floor().minimum(ties).long()
     kept += torch.where(kept == k, ties - dropped_ties, 0)
     cut = top.gather(-1, kept.clamp(max=k) - 1)  # the value of the last kept token
-    # Of the tokens equal to the cut, the last in vocabulary order are the first kept.
-    above, equal = logits > cut, logits == cut
-    rank = equal.flip(-1).cumsum(-1).flip(-1)  # 1 for the last equal one
-    keep = above | (equal & (rank <= kept - above.sum(-1, keepdim=True)))
-    return logits.masked_fill(~keep, float("-inf"))
+    # Of the tokens equal to the cut, the last in vocabulary order are the first kept:
+    # those after which fewer than `wanted` equal ones follow.
+    equal = logits == cut
+    wanted = kept - (top > cut).sum(-1, keepdim=True)  # every token above the cut is listed
+    seen = equal.cumsum(-1)  # equal tokens up to and including each
+    keep = (logits > cut) | (equal & (seen > seen[..., -1:] - wanted))
+    return torch.where(keep, logits, float("-inf"))
 
 
 def draw(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -129,7 +131,7 @@ def generate_batch(model: Transformer, prompts: list[list[int]], n: int, max_new
 
     model.setup_cache(U, S, keep=static)
     try:
-        logits = model(ids, key_mask, torch.arange(P, device=device), last_only=True, kv_len=P)[:, -1]  # (U, V)
+        logits = model(ids, key_mask, last_only=True, kv_len=P)[:, -1]  # (U, V): slots 0 .. P-1
         if n > 1:
             model.share_prefix(n, P, keep=static)
             logits, key_mask = logits.repeat_interleave(n, dim=0), key_mask.repeat_interleave(n, dim=0)
@@ -144,9 +146,11 @@ def generate_batch(model: Transformer, prompts: list[list[int]], n: int, max_new
             done |= token == eos_id
             if t + 1 == max_new_tokens or ((t + 1) % sync_every == 0 and bool(done.all())):
                 break
-            kv_len = None if static else P + t + 1  # the slots in use, unless shapes are static
-            logits = step(token[:, None], key_mask, pos, last_only=True, kv_len=kv_len)[:, -1]
-            pos += 1
+            if static:  # the slot is data, so that one captured graph serves every step
+                logits = step(token[:, None], key_mask, pos, last_only=True)[:, -1]
+                pos += 1
+            else:  # slot P + t, attending to the P + t + 1 slots in use
+                logits = step(token[:, None], key_mask, last_only=True, kv_len=P + t + 1)[:, -1]
     finally:
         model.clear_cache()
     rows = out[:real_rows].tolist()
