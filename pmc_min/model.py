@@ -236,12 +236,12 @@ class SharedPrefixKV:
         write_slots(self.k, slots, k)
         write_slots(self.v, slots, v)
 
-    def attend(self, q: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+    def attend(self, q: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """softmax(q k^T / sqrt(D)) v over the prompt's and the row's own generated keys.
-        q (B, H, 1, D); allowed (B, 1, 1, S) over slots [prompt | generated]. Returns (B, H, 1, D)."""
+        q (B, H, 1, D); mask (B, 1, 1, S), additive, over slots [prompt | generated]. Returns (B, H, 1, D)."""
         B, H, _, D = q.shape
         U, H_kv, P, _ = self.prefix_k.shape
-        n, g, T = self.n, H // H_kv, allowed.shape[-1] - P  # g query heads share a kv head (GQA)
+        n, g, T = self.n, H // H_kv, mask.shape[-1] - P  # g query heads share a kv head (GQA)
         k, v = self.k[:, :, :T], self.v[:, :, :T]
 
         def by_prompt(x):  # (B, H_kv, g, X) -> (U, H_kv, n*g, X): one prompt's n samples x g heads as rows
@@ -252,8 +252,8 @@ class SharedPrefixKV:
 
         q = q.reshape(B, H_kv, g, D) * D ** -0.5
         on_prompt = (by_prompt(q) @ self.prefix_k.transpose(-1, -2))  # (U, H_kv, n*g, P): prompt keys read once
-        on_prompt = on_prompt.masked_fill(~allowed[::n, :, :, :P], float("-inf"))  # left padding of the prompt
-        on_generated = (q @ k.transpose(-1, -2)).masked_fill(~allowed[:, :, :, P:], float("-inf"))  # (B, H_kv, g, T)
+        on_prompt = on_prompt + mask[::n, :, :, :P]  # left padding of the prompt
+        on_generated = q @ k.transpose(-1, -2) + mask[:, :, :, P:]  # (B, H_kv, g, T)
         p = torch.cat([on_prompt, by_prompt(on_generated)], dim=-1).softmax(dim=-1, dtype=torch.float32).to(q.dtype)
         y = by_row(p[..., :P] @ self.prefix_v) + by_row(p[..., P:]) @ v  # (B, H_kv, g, D)
         return y.reshape(B, H, 1, D)
@@ -274,7 +274,7 @@ class Attention(nn.Module):
         self.qk_layernorm = cfg.qk_layernorm
         self.cache: KVCache | SharedPrefixKV | None = None
 
-    def forward(self, x, cos, sin, allowed, written):
+    def forward(self, x, cos, sin, mask, written):
         B, T, _ = x.shape
         q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, D)
         k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
@@ -284,15 +284,15 @@ class Attention(nn.Module):
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         if isinstance(self.cache, SharedPrefixKV):  # a decode step of n samples per prompt
             self.cache.update(written, k, v)
-            y = self.cache.attend(q, allowed)  # (B, H, 1, D)
+            y = self.cache.attend(q, mask)  # (B, H, 1, D)
         else:
             if self.cache is not None:
                 k, v = self.cache.update(written, k, v)  # (B, H_kv, S, D)
-                k, v = k[:, :, :allowed.shape[-1]], v[:, :, :allowed.shape[-1]]  # the slots in use
+                k, v = k[:, :, :mask.shape[-1]], v[:, :, :mask.shape[-1]]  # the slots in use
             if self.n_kv_heads != self.n_heads:
                 k = k.repeat_interleave(self.n_heads // self.n_kv_heads, dim=1)
                 v = v.repeat_interleave(self.n_heads // self.n_kv_heads, dim=1)
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)  # (B, H, T, D)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, H, T, D)
         return self.dense(y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))
 
 
@@ -342,8 +342,8 @@ class LlamaBlock(nn.Module):
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.mlp = SwiGLU(cfg)
 
-    def forward(self, x, cos, sin, allowed, written):
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, allowed, written)
+    def forward(self, x, cos, sin, mask, written):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, written)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -356,9 +356,9 @@ class Block(nn.Module):
         self.self_attn = Attention(cfg)
         self.mlp = MLP(cfg)
 
-    def forward(self, x, cos, sin, allowed, written):
+    def forward(self, x, cos, sin, mask, written):
         h = self.input_layernorm(x)
-        return x + self.self_attn(h, cos, sin, allowed, written) + self.mlp(h)
+        return x + self.self_attn(h, cos, sin, mask, written) + self.mlp(h)
 
 
 class Transformer(nn.Module):
@@ -472,13 +472,14 @@ class Transformer(nn.Module):
         slots = torch.arange(S, device=input_ids.device)
         causal = slots[None, :] <= input_pos[:, None]  # (T, S)
         # A pad query sees only itself, so its (unused) row stays finite instead of NaN.
-        allowed = (causal & key_mask[:, None, :]) | (slots[None, :] == input_pos[:, None])
-        allowed = allowed[:, None]  # (B, 1, T, S)
+        allowed = (causal & key_mask[:, None, :]) | (slots[None, :] == input_pos[:, None])  # (B, T, S)
 
         x = self.embed_tokens(input_ids)
+        # Additive, as SDPA makes a boolean mask: 0 where a query may attend a key, -inf elsewhere.
+        mask = torch.where(allowed[:, None], 0.0, float("-inf")).to(x.dtype)  # (B, 1, T, S)
         cos, sin = self.rotary(positions, x.dtype)
         for layer in self.layers:
-            x = layer(x, cos, sin, allowed, written)
+            x = layer(x, cos, sin, mask, written)
         if last_only:
             x = x[:, -1:]
         return self.lm_head(self.final_layernorm(x))
