@@ -448,7 +448,7 @@ class Transformer(nn.Module):
         cache slots: 1 for every real token (slots not yet written may be 1
         too: causality hides them). kv_len, when the caller knows it, limits
         attention to the first kv_len slots: less work, but a shape that
-        changes every step (static under a CUDA graph: leave it None there).
+        changes every step (a CUDA graph needs static shapes: leave it None there).
         input_pos defaults to the T slots just before kv_len (or the first T).
         """
         B, T = input_ids.shape
