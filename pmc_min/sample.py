@@ -137,7 +137,7 @@ def generate_batch(model: Transformer, prompts: list[list[int]], n: int, max_new
             logits, key_mask = logits.repeat_interleave(n, dim=0), key_mask.repeat_interleave(n, dim=0)
         out = torch.full((B, max_new_tokens), pad_id, dtype=torch.long, device=device)
         done = torch.zeros(B, dtype=torch.bool, device=device)
-        pos = torch.tensor([P], device=device)
+        pos = torch.tensor([P], device=device) if static else None  # a static step's slot, as data
         step = model if decode is None else decode
         for t in range(max_new_tokens):
             token = pick_next(logits, greedy, temperature, top_k, top_p, generator)
