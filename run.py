@@ -22,8 +22,9 @@ from pathlib import Path
 import torch
 
 import pmc_min
-from pmc_min import attacks, checkpoint, tiny
+from pmc_min import attacks, checkpoint, tiny, tofu
 from pmc_min.data import FORGET_SPLITS, RETAIN_OF, load_split, resolve_data_dir, wikitext_probe
+from pmc_min.tokenizer import chat_format
 from pmc_min.resume import atomic_write_text, latest_checkpoint, load_checkpoint, save_checkpoint
 from pmc_min.sample import sampling_problems
 from pmc_min.evaluate import SPLITS, eval_sets, evaluate
@@ -31,17 +32,20 @@ from pmc_min.train import METHODS, NonFiniteLoss, UnlearnConfig, finetune, unlea
 
 # The paper's Phi-1.5 configuration is UnlearnConfig's default; the tiny
 # default differs where a 4M-parameter model trained from scratch needs it.
+# A checkpoint whose tokenizer has a chat template gets the authors'
+# Llama-3.2-3B-Instruct configuration (SPEC Sec. 2), any other the Phi one.
 PRESETS = {
     "tiny": dict(lr=2e-4, batch_size=20, grad_accum=1, max_length=96),
-    # The authors' Llama-3.2-3B-Instruct configuration (SPEC Sec. 2).
-    "llama": dict(lam=1.25, n_samples=20, temperature=0.9, top_p=0.95, epochs=30, lr=1e-5, batch_size=8,
-                  grad_accum=2),
+    "instruct": dict(lam=1.25, n_samples=20, temperature=0.9, top_p=0.95, epochs=30, lr=1e-5, batch_size=8,
+                     grad_accum=2),
 }
-LLAMA_NAMES = ("llama-3.2-3b-instruct", "meta-llama/Llama-3.2-3B-Instruct", "smollm2-135m")
-FINETUNE = {  # TOFU's fine-tuning before unlearning
-    "tiny": dict(epochs=0, lr=1e-3, batch_size=32, max_length=96),
-    "default": dict(epochs=5, lr=2e-5, batch_size=32, max_length=256),
+FINETUNE = {  # TOFU's fine-tuning before unlearning (the authors' finetuning/configs)
+    "tiny": dict(epochs=0, lr=1e-3, batch_size=32, grad_accum=1, max_length=96),
+    "default": dict(epochs=5, lr=2e-5, batch_size=16, grad_accum=2, max_length=256),
+    "instruct": dict(epochs=5, lr=1e-5, batch_size=8, grad_accum=2, max_length=256),
 }
+# How the authors prompt an instruct model: apply_chat_template with this system prompt and date_string.
+INSTRUCT_CHAT = {"system": "You are a helpful assistant.", "date_string": "10 Apr 2025"}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -67,6 +71,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--top-p", type=float, help="nucleus sampling threshold (0.95)")
     p.add_argument("--top-k", type=int, help="top-k filter, 0 for none (50, as HF generate's default)")
     p.add_argument("--min-len", type=int, help="length penalty below this many words (0 = off)")
+    p.add_argument("--max-grad-norm", type=float, help="clip the gradient norm to this (default: no clipping, "
+                                                       "as the authors)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--compile", action="store_true", help="PMC's sampling with its decode step compiled by "
                    "torch.compile: on a GPU a CUDA graph, compiled once per batch shape; on a CPU compiled twice, "
@@ -78,11 +84,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--full-eval", action="store_true", help="evaluate the whole retain split, not 400 rows")
     p.add_argument("--limit", type=int, help="use only the first N rows of every split (quick smoke runs)")
     p.add_argument("--save-every", type=int, default=1, help="checkpoint every K epochs (0: never)")
-    p.add_argument("--eval", default="", help="robustness evaluations, comma-separated: leakage, prefill, "
-                                              "overunlearn, mcq, factleak, or all")
-    p.add_argument("--eval-samples", type=int, help="samples per forget question for leakage/factleak "
-                                                    "(100; tiny 16)")
-    p.add_argument("--eval-temperature", type=float, default=1.0, help="sampling temperature of leakage/factleak")
+    p.add_argument("--eval", default="", help="more evaluations, comma-separated: tofu (TOFU's forget quality "
+                                              "and model utility), leakage, prefill, overunlearn, mcq, factleak, "
+                                              "or all")
+    p.add_argument("--reference-model", help="the retain-only reference model for --eval tofu's forget quality "
+                                             "(a folder or hub id; the tiny default builds its own)")
+    p.add_argument("--eval-samples", type=int, help="samples per forget question for leakage, prefill and "
+                                                    "factleak (100; tiny 16)")
+    p.add_argument("--eval-temperature", type=float, default=1.0, help="sampling temperature of leakage, prefill "
+                                                                      "and factleak")
     p.add_argument("--probe-text", help="text file for overunlearn, one passage per line (default: the tiny "
                    "default's general split, else the first 100 paragraphs of wikitext-2, downloaded once)")
     p.add_argument("--reference", choices=["retain"], help="instead of unlearning, train the retain-only reference "
@@ -122,6 +132,11 @@ def markdown_table(before: dict, after: dict) -> str:
     for name, r in (("before", before), ("after", after)):
         recall = " | ".join(f"{r['rouge_l_recall'][s]:.3f}" for s in SPLITS)
         rows.append(f"| {name} | {r['unlearn_quality']:.1f} | {r['utility']:.1f} | {recall} |")
+    if "tofu" in after:
+        rows += ["", "| | forget quality (KS p-value) | model utility |", "|---|---|---|"]
+        for name, r in (("before", before), ("after", after)):
+            fq = r["tofu"].get("forget_quality")
+            rows.append(f"| {name} | {'-' if fq is None else f'{fq:.3g}'} | {r['tofu']['model_utility']:.3f} |")
     return "\n".join(rows)
 
 
@@ -166,18 +181,19 @@ def main(argv=None) -> int:
         args.out, args.resume, args.no_progress = str(out), str(out), args.no_progress or no_progress
     start = time.time()
     check_device(args.device)
-    preset = "tiny" if args.model == "tiny" else "llama" if args.model in LLAMA_NAMES else "default"
-    cfg = unlearn_config(args, preset)
+    tiny_default = args.model == "tiny" and not args.data_dir  # the embedded model on its own data
+    unlearn_config(args, "tiny" if args.model == "tiny" else "default")  # the command line's values, checked early
     evals = requested_evals(args)
     if problems := sampling_problems(args.eval_temperature, 1.0, None):
         raise pmc_min.UserError(f"Bad --eval-temperature: {problems[0]}.")
     if args.probe_text and not Path(args.probe_text).is_file():
         raise pmc_min.UserError(f"--probe-text {args.probe_text} does not exist.")
-    ft = dict(FINETUNE.get(preset, FINETUNE["default"]))
-    if args.finetune_epochs is not None:
-        ft["epochs"] = args.finetune_epochs
-    if ft["epochs"] < 0 or args.save_every < 0 or (args.limit is not None and args.limit < 1):
+    if (args.finetune_epochs or 0) < 0 or args.save_every < 0 or (args.limit is not None and args.limit < 1):
         raise pmc_min.UserError("--finetune-epochs and --save-every must not be negative, --limit at least 1.")
+    if "tofu" in evals and not (args.reference_model or tiny_default or args.reference):
+        raise pmc_min.UserError("--eval tofu compares the forget set's truth ratios with the retain-only reference "
+                                "model's: pass --reference-model DIR (e.g. the model folder of a run with "
+                                "--reference retain).")
     log = (lambda *a: None) if args.no_progress else print
     progress = not args.no_progress
     name = Path(args.model).name if args.model not in checkpoint.ALIASES else args.model
@@ -186,22 +202,28 @@ def main(argv=None) -> int:
         raise pmc_min.UserError(f"{out} holds the checkpoints of an earlier run; continue it with --resume {out} "
                                 f"or choose another --out.")
 
-    # Inputs first, heavy work after: the model name, the data files, the model's files (a download
+    # Inputs first, heavy work after: the model names, the data files, the model's files (a download
     # if need be), then the tiny build if needed.
-    if args.model != "tiny":
-        checkpoint.check_name(args.model)
-    if args.data_dir or args.model != "tiny":
+    for name_ in (args.model, args.reference_model):
+        if name_ and name_ != "tiny":
+            checkpoint.check_name(name_)
+    finetunes = args.finetune_epochs if args.model == "tiny" else args.finetune_epochs != 0
+    if not tiny_default:
         data_dir = resolve_data_dir(args.data_dir)
-        splits = read_splits(data_dir, args, ft)
+        splits = read_splits(data_dir, args, finetunes, "tofu" in evals)
     if args.model == "tiny":
         model_dir, tiny_data = tiny.build(device=args.device, progress=progress, log=print)
-        if not args.data_dir:
+        if tiny_default:
             data_dir = tiny_data
-            splits = read_splits(data_dir, args, ft)
+            splits = read_splits(data_dir, args, finetunes, "tofu" in evals)
     else:
         model_dir = checkpoint.resolve(args.model)
         checkpoint.load_config(model_dir)
-    forget_rows, retain_rows, sets, full_rows = splits
+    preset = "tiny" if args.model == "tiny" else preset_of(model_dir)
+    cfg = unlearn_config(args, preset)
+    ft = {**FINETUNE[preset], **({} if args.finetune_epochs is None else {"epochs": args.finetune_epochs})}
+    chat = INSTRUCT_CHAT if preset == "instruct" else None
+    forget_rows, retain_rows, sets, full_rows, tofu_sets = splits
     probe = probe_texts(args, data_dir) if "overunlearn" in evals else None
 
     out.mkdir(parents=True, exist_ok=True)
@@ -209,30 +231,45 @@ def main(argv=None) -> int:
         atomic_write_text(out / "run.json", json.dumps({"argv": argv}) + "\n")
     latest = latest_checkpoint(out) if args.resume else None
     state = None
+
+    def load(folder):
+        """A model and its tokenizer, prompted as the authors prompt this kind of model."""
+        model, tokenizer = pmc_min.load(folder, device=args.device)
+        if chat:
+            tokenizer.with_system(**chat)
+        return model, tokenizer
+
     if latest is not None:  # continue the unlearning where the last complete epoch left it
         model, tokenizer, state = load_checkpoint(latest, device=args.device)
+        if chat:
+            tokenizer.with_system(**chat)
         before = json.loads((out / "before.json").read_text())
         print(f"Resuming from {latest} (epoch {state['epoch']} of {cfg.epochs}).")
     elif args.resume and (out / "finetuned" / "READY").is_file():
-        model, tokenizer = pmc_min.load(out / "finetuned", device=args.device)
+        model, tokenizer = load(out / "finetuned")
         before = None
     else:
-        model, tokenizer = pmc_min.load(model_dir, device=args.device)
+        model, tokenizer = load(model_dir)
         log(f"{args.model}: {model.num_parameters():,} parameters on {args.device}; data {data_dir}")
         if ft["epochs"] > 0:
             log(f"Fine-tuning on TOFU full ({len(full_rows)} QA) for {ft['epochs']} epochs ...")
             finetune(model, tokenizer, full_rows, epochs=ft["epochs"], lr=ft["lr"], batch_size=ft["batch_size"],
-                     max_length=ft["max_length"], seed=args.seed, progress=progress)
+                     grad_accum=ft["grad_accum"], max_length=ft["max_length"], seed=args.seed, progress=progress)
             pmc_min.save(model, tokenizer, out / "finetuned")
             atomic_write_text(out / "finetuned" / "READY", "ok\n")
         before = None
     perturbed = load_split(data_dir, f"{args.split}_perturbed")[:len(forget_rows)] if "mcq" in evals else None
     token_set = (attacks.forget_tokens(tokenizer, [r["answer"] for r in forget_rows], probe)
                  if "overunlearn" in evals else None)
+    reference_tr = None
+    if "tofu" in evals and (args.reference_model or tiny_default):
+        reference_tr = reference_truth_ratios(args, out, load, tofu_sets["forget"], cfg.max_length, progress)
     if before is None:
         log("Evaluating before unlearning ...")
         before = evaluate(model, tokenizer, sets, max_length=cfg.max_length)
-        if evals:
+        if "tofu" in evals:
+            before["tofu"] = tofu.evaluate(model, tokenizer, tofu_sets, cfg.max_length, reference_tr)
+        if set(evals) - {"tofu"}:
             before["robustness"] = robustness(model, tokenizer, evals, args, cfg, data_dir, forget_rows, perturbed,
                                               probe, token_set)
         atomic_write_text(out / "before.json", json.dumps(before) + "\n")
@@ -245,13 +282,13 @@ def main(argv=None) -> int:
         base_probs, base = attacks.token_probs(reference, tokenizer, probe, token_set), "retain-only reference"
 
     def on_epoch_end(st: dict) -> None:
-        if args.save_every and (st["epoch"] % args.save_every == 0 or st["epoch"] == cfg.epochs):
+        if args.save_every and (st["epoch"] % args.save_every == 0 or st["final"]):
             save_checkpoint(out, model, tokenizer, st)
 
     try:
         if args.reference:
             log("Training the retain-only reference model ...")
-            model, tokenizer = reference_model(args, ft, data_dir, retain_rows, model_dir, progress)
+            model, tokenizer = reference_model(args, ft, load, retain_rows, model_dir, progress)
             curves = {}
         else:
             log(f"Unlearning {args.split} ({len(forget_rows)} QA) with {args.method} ...")
@@ -263,7 +300,11 @@ def main(argv=None) -> int:
                                 f"--resume {out})." if kept else "no checkpoint was written yet.")) from None
     log("Evaluating after unlearning ...")
     after = evaluate(model, tokenizer, sets, max_length=cfg.max_length)
-    if evals:
+    if "tofu" in evals:
+        if args.reference and reference_tr is None:  # this run trained the reference itself
+            reference_tr = tofu.forget_truth_ratios(model, tokenizer, tofu_sets["forget"], cfg.max_length)
+        after["tofu"] = tofu.evaluate(model, tokenizer, tofu_sets, cfg.max_length, reference_tr)
+    if set(evals) - {"tofu"}:
         after["robustness"] = robustness(model, tokenizer, evals, args, cfg, data_dir, forget_rows, perturbed, probe,
                                          token_set, base_probs)
         if "overunlearn" in evals:
@@ -277,8 +318,8 @@ def main(argv=None) -> int:
 
     pmc_min.save(model, tokenizer, out / "model")
     results = {"method": "reference-retain" if args.reference else args.method, "model": args.model, "split": args.split, "data_dir": str(data_dir),
-               "config": {**asdict(cfg), "finetune": ft, "device": args.device, "limit": args.limit,
-                          "full_eval": args.full_eval},
+               "config": {**asdict(cfg), "preset": preset, "chat": chat, "finetune": ft, "device": args.device,
+                          "limit": args.limit, "full_eval": args.full_eval, "reference_model": args.reference_model},
                "before": before, "after": after, "wall_seconds": round(time.time() - start, 1), "curves": curves}
     atomic_write_text(out / "results.json", json.dumps(results, indent=1, default=_nan_safe) + "\n")
     plotted = bool(curves) and plot_curves(curves, out / "curves.png")
@@ -290,7 +331,7 @@ def main(argv=None) -> int:
     return 0
 
 
-EVALS = ("leakage", "prefill", "overunlearn", "mcq", "factleak")
+EVALS = ("tofu", "leakage", "prefill", "overunlearn", "mcq", "factleak")
 
 
 def requested_evals(args) -> list[str]:
@@ -323,7 +364,7 @@ def robustness(model, tokenizer, evals: list[str], args, cfg, data_dir: Path, fo
     if "leakage" in evals:
         out["leakage"] = attacks.leakage(model, tokenizer, questions, answers, **sampling)
     if "prefill" in evals:
-        out["prefill"] = attacks.prefill(model, tokenizer, questions, answers, cfg.max_length)
+        out["prefill"] = attacks.prefill(model, tokenizer, questions, answers, **sampling)
     if "overunlearn" in evals:
         probs = attacks.token_probs(model, tokenizer, probe, token_set)
         out["overunlearn"] = attacks.overunlearn(probs, base_probs if base_probs is not None else probs)
@@ -339,28 +380,58 @@ def robustness(model, tokenizer, evals: list[str], args, cfg, data_dir: Path, fo
     return out
 
 
-def read_splits(data_dir: Path, args, ft: dict):
-    """(forget rows, retain rows, evaluation sets, full rows or None), cut to --limit rows."""
+def read_splits(data_dir: Path, args, finetunes: bool, tofu_metrics: bool):
+    """(forget rows, retain rows, evaluation sets, full rows or None, TOFU metric sets or None),
+    cut to --limit rows."""
     forget_rows = load_split(data_dir, args.split)
     retain_rows = load_split(data_dir, RETAIN_OF[args.split])
     sets = eval_sets(data_dir, args.split, full=args.full_eval)
-    full_rows = load_split(data_dir, "full") if ft["epochs"] > 0 else None
+    full_rows = load_split(data_dir, "full") if finetunes else None
+    tofu_sets = tofu.tofu_sets(data_dir, args.split) if tofu_metrics else None
     if args.limit is not None:
         forget_rows, retain_rows = forget_rows[:args.limit], retain_rows[:args.limit]
         sets = {k: (q[:args.limit], a[:args.limit]) for k, (q, a) in sets.items()}
         full_rows = full_rows[:args.limit] if full_rows else full_rows
-    return forget_rows, retain_rows, sets, full_rows
+        tofu_sets = {k: rows[:args.limit] for k, rows in tofu_sets.items()} if tofu_sets else tofu_sets
+    return forget_rows, retain_rows, sets, full_rows, tofu_sets
 
 
-def reference_model(args, ft: dict, data_dir: Path, retain_rows: list[dict], model_dir: Path, progress: bool):
+def preset_of(model_dir: Path) -> str:
+    """The authors' configuration for this checkpoint: "instruct" when its tokenizer has a chat
+    template (ChatML or Llama 3), else "default" (Phi-1.5's), whatever the folder is called."""
+    path = Path(model_dir) / "tokenizer_config.json"
+    try:
+        template = json.loads(path.read_text()).get("chat_template") if path.is_file() else None
+    except json.JSONDecodeError as e:
+        raise pmc_min.UserError(f"{path} is not valid JSON ({e.msg}).") from None
+    return "instruct" if chat_format(template if isinstance(template, str) else None) else "default"
+
+
+def reference_truth_ratios(args, out: Path, load, forget_rows: list[dict], max_length: int,
+                           progress: bool) -> list[float]:
+    """The retain-only reference model's forget truth ratios (TOFU's forget quality compares
+    with them), computed once per run."""
+    path = out / "reference_truth_ratio.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    if args.reference_model:
+        folder = checkpoint.resolve(args.reference_model)
+    else:  # the tiny default's own reference, built once
+        folder = tiny.build_reference(args.split, device=args.device, progress=progress)
+    reference, tokenizer = load(folder)
+    ratios = tofu.forget_truth_ratios(reference, tokenizer, forget_rows, max_length)
+    atomic_write_text(path, json.dumps(ratios) + "\n")
+    return ratios
+
+
+def reference_model(args, ft: dict, load, retain_rows: list[dict], model_dir: Path, progress: bool):
     """The model that never saw the forget split: for the tiny default the same recipe
     on everything else; otherwise the base model fine-tuned on the retain split."""
     if args.model == "tiny" and not args.data_dir:
-        return pmc_min.load(tiny.build_reference(args.split, device=args.device, progress=progress),
-                            device=args.device)
-    model, tokenizer = pmc_min.load(model_dir, device=args.device)
+        return load(tiny.build_reference(args.split, device=args.device, progress=progress))
+    model, tokenizer = load(model_dir)
     finetune(model, tokenizer, retain_rows, epochs=max(1, ft["epochs"]), lr=ft["lr"], batch_size=ft["batch_size"],
-             max_length=ft["max_length"], seed=args.seed, progress=progress)
+             grad_accum=ft["grad_accum"], max_length=ft["max_length"], seed=args.seed, progress=progress)
     return model, tokenizer
 
 

@@ -1,7 +1,9 @@
 """The paper's robustness evaluations (SPEC Sec. 3), beyond greedy ROUGE-L.
 
 - `leakage`:     m samples per forget question; the best ROUGE-L recall of any of them (and the mean).
-- `prefill`:     the greedy answer after the answer is started with "The answer is:".
+- `prefill`:     the prefilling attack: the tokens of "The answer is: " follow the prompt directly
+                 (for a base model after "Question: q\n", no "Answer:" tag), then the model
+                 answers greedily and is sampled m times; ROUGE-L of what it writes after the prefix.
 - `overunlearn`: p_unlearned(y_t | x) - p_base(y_t | x) for forget-answer tokens y_t in
                  unrelated text x. PMC should stay centred on 0 where GA/NPO push it below.
 - `mcq`:         the "least likely option" attack: with the paraphrased true answer among
@@ -18,40 +20,52 @@ import re
 import numpy as np
 import torch
 
-from .data import prompt, target
+from .data import prompt
 from .model import Transformer
 from .pmc import generate_answers
 from .rouge import rouge_l_recall
 from .sample import generate_ids
 from .tokenizer import Tokenizer
 
-PREFILL = "The answer is:"
+PREFILL = "The answer is: "  # the authors' prefix, tokenised alone without special tokens
 
 
 def leakage(model: Transformer, tokenizer: Tokenizer, questions: list[str], answers: list[str], *, m: int,
             temperature: float, top_p: float, top_k: int | None, max_length: int, seed: int = 0) -> dict:
     samples = generate_answers(model, tokenizer, questions, n=m, greedy=False, max_length=max_length,
                                temperature=temperature, top_p=top_p, top_k=top_k, seed=seed)
+    return {**worst_case(answers, samples), "samples_per_question": m, "temperature": temperature}
+
+
+def worst_case(answers: list[str], samples: list[list[str]]) -> dict:
+    """The best ROUGE-L recall of any sample against its answer, and over all samples, averaged over questions."""
     recalls = [[rouge_l_recall(a, s) for s in ss] for a, ss in zip(answers, samples)]
     return {"mean_max_rouge_l_recall": float(np.mean([max(r) for r in recalls])),
-            "mean_rouge_l_recall": float(np.mean(recalls)), "samples_per_question": m, "temperature": temperature}
+            "mean_rouge_l_recall": float(np.mean(recalls))}
 
 
 def prefill_prompts(tokenizer: Tokenizer, questions: list[str]) -> list[list[int]]:
-    """Token ids of each prompt with the start of the answer forced: "... Answer: The answer is:"."""
-    start = target(PREFILL, tokenizer.chat)
-    return tokenizer.encode_batch([prompt(q, tokenizer.chat) + start for q in questions])
+    """Each prompt's token ids followed by the tokens of PREFILL, as the authors concatenate them."""
+    start = tokenizer.encode(PREFILL)
+    return [ids + start for ids in tokenizer.encode_batch([prompt(q, tokenizer.chat) for q in questions])]
 
 
-def prefill(model: Transformer, tokenizer: Tokenizer, questions: list[str], answers: list[str],
-            max_length: int) -> dict:
+def prefill(model: Transformer, tokenizer: Tokenizer, questions: list[str], answers: list[str], *, m: int,
+            temperature: float, top_p: float, top_k: int | None, max_length: int, seed: int = 0) -> dict:
+    """The greedy answer and m samples after the forced start, each scored on what the model
+    wrote after the prefix."""
     ids = prefill_prompts(tokenizer, questions)
+    was_training = model.training
     model.eval()
-    out = generate_ids(model, ids, greedy=True, max_new_tokens=max(1, max_length - max(map(len, ids))),
-                       eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id)
-    written = [tokenizer.decode(o[0]) for o in out]
-    return {"rouge_l_recall": float(np.mean([rouge_l_recall(a, w) for a, w in zip(answers, written)])),
-            "examples": [{"question": q, "generated": w} for q, w in list(zip(questions, written))[:3]]}
+    common = dict(max_new_tokens=max(1, max_length - max(map(len, ids))), eos_id=tokenizer.eos_id,
+                  pad_id=tokenizer.pad_id)
+    greedy = [tokenizer.decode(o[0]) for o in generate_ids(model, ids, greedy=True, **common)]
+    sampled = [tokenizer.decode_batch(o) for o in generate_ids(model, ids, n=m, temperature=temperature, top_p=top_p,
+                                                               top_k=top_k, seed=seed, **common)]
+    model.train(was_training)
+    return {"rouge_l_recall": float(np.mean([rouge_l_recall(a, w) for a, w in zip(answers, greedy)])),
+            **worst_case(answers, sampled), "samples_per_question": m, "temperature": temperature,
+            "examples": [{"question": q, "generated": w} for q, w in list(zip(questions, greedy))[:3]]}
 
 
 @torch.no_grad()

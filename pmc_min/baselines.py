@@ -6,7 +6,12 @@ on the forget answers themselves (or, for IDK, on a fixed replacement).
 - GD      gradient difference:    lambda NLL(retain) - NLL(forget)
 - IDK     "I don't know." tuning: NLL(IDK | forget q) + lambda NLL(retain)
 - NPO     (Zhang et al., 2024):   -(2/beta) E[log sigmoid(-beta (log p_theta(y|x) - log p_ref(y|x)))] + lambda NLL(retain)
-- SimNPO  (Fan et al., 2024):     -(2/beta) E[log sigmoid(-(beta/|y|) log p_theta(y|x) - gamma)] + lambda NLL(retain)
+- SimNPO  (Fan et al., 2024):     -(2/beta) E[log sigmoid(beta (-log p_theta(y|x) / |y| - gamma))] + lambda NLL(retain)
+
+SimNPO follows the authors' code, which puts the margin gamma inside the
+product with beta. Fan et al. write it outside,
+log sigmoid(-(beta/|y|) log p_theta(y|x) - gamma); the two agree at gamma = 0,
+the default.
 """
 
 from __future__ import annotations
@@ -54,7 +59,7 @@ def npo_loss(model, forget, retain, lam, *, ref_logprob: torch.Tensor, beta: flo
 
 def simnpo_loss(model, forget, retain, lam, *, beta: float = 2.5, gamma: float = 0.0, **_):
     logp, length = sequence_logprob(model, forget)
-    f = -(2 / beta) * F.logsigmoid(-(beta / length.clamp(min=1)) * logp - gamma).mean()
+    f = -(2 / beta) * F.logsigmoid(beta * (-logp / length.clamp(min=1) - gamma)).mean()
     r = nll(model, retain)
     return f + lam * r, {"forget_loss": f.item(), "retain_loss": r.item()}
 

@@ -32,20 +32,35 @@ ANSWER_TAG = "Answer:"
 
 def prompt(question: str, chat: dict | None = None) -> str:
     """Base models: "Question: q\n". Instruct models (`chat`, from the
-    tokenizer's chat template): the question as the user turn, then the
-    assistant header, in ChatML or Llama 3 form."""
+    tokenizer's chat template and the run's system prompt): what the
+    template's `apply_chat_template([system, user], add_generation_prompt=True)`
+    renders, in ChatML or Llama 3 form. Llama 3.1/3.2 templates always write a
+    system header with their knowledge cutoff and `date_string`."""
     if chat is None:
         return f"Question: {question}\n"
+    system = chat.get("system")
     if chat["style"] == "chatml":
-        system = f"<|im_start|>system\n{chat['system']}<|im_end|>\n" if chat.get("system") else ""
-        return f"{system}<|im_start|>user\n{question}<|im_end|>\n<|im_start|>assistant\n"
-    return (f"<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\n{question}<|eot_id|>"
+        head = f"<|im_start|>system\n{system}<|im_end|>\n" if system else ""
+        return f"{head}<|im_start|>user\n{question}<|im_end|>\n<|im_start|>assistant\n"
+    head = ""
+    if chat.get("knowledge_cutoff"):  # Llama 3.1/3.2: the system turn is always there
+        head = (f"Cutting Knowledge Date: {chat['knowledge_cutoff']}\n"
+                f"Today Date: {chat.get('date_string') or DEFAULT_DATE}\n\n")
+    if head or system:
+        head = f"<|start_header_id|>system<|end_header_id|>\n\n{head}{(system or '').strip()}<|eot_id|>"
+    return (f"<|begin_of_text|>{head}<|start_header_id|>user<|end_header_id|>\n\n{question.strip()}<|eot_id|>"
             f"<|start_header_id|>assistant<|end_header_id|>\n\n")
 
 
+DEFAULT_DATE = "26 Jul 2024"  # what a Llama 3.2 template writes when no date_string (and no clock) is given
+
+
 def target(answer: str, chat: dict | None = None) -> str:
-    """What the model should write after the prompt (eos is appended when tokenised)."""
-    return answer if chat is not None else f"{ANSWER_TAG} {answer}"
+    """What the model should write after the prompt (eos is appended when tokenised);
+    Llama 3 templates trim the assistant's content."""
+    if chat is None:
+        return f"{ANSWER_TAG} {answer}"
+    return answer.strip() if chat["style"] == "llama3" else answer
 
 
 def strip_tag(generation: str) -> str:
@@ -146,15 +161,21 @@ def load_split(data_dir: str | Path, name: str, required=("question", "answer"))
 
 def encode_qa(tokenizer: Tokenizer, questions: list[str], answers: list[str], max_length: int,
               device="cpu") -> dict[str, torch.Tensor]:
-    """A right-padded training batch: prompt + target + eos, cut to
-    max_length; labels are -100 on the prompt and on padding."""
+    """A right-padded training batch: prompt + target + eos, tokenised as one
+    text and cut to max_length; labels are -100 on the prompt (its own length
+    in tokens, as the authors count it) and on padding. A chat model keeps its
+    end-of-turn token last when the text is cut, as the authors' encoding does."""
     rows, labels = [], []
     for q, a in zip(questions, answers):
         p = tokenizer.encode(prompt(q, tokenizer.chat))
-        t = tokenizer.encode(target(a, tokenizer.chat)) + [tokenizer.eos_id]
-        ids = (p + t)[:max_length]
+        ids = tokenizer.encode(prompt(q, tokenizer.chat) + target(a, tokenizer.chat)) + [tokenizer.eos_id]
+        lab = [-100] * len(p) + ids[len(p):]
+        if len(ids) > max_length:
+            ids, lab = ids[:max_length], lab[:max_length]
+            if tokenizer.chat is not None:
+                ids[-1] = lab[-1] = tokenizer.eos_id
         rows.append(ids)
-        labels.append(([-100] * len(p) + t)[:max_length])
+        labels.append(lab)
     width = max(map(len, rows))
     input_ids = torch.full((len(rows), width), tokenizer.pad_id, dtype=torch.long)
     label_ids = torch.full((len(rows), width), -100, dtype=torch.long)

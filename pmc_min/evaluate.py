@@ -8,7 +8,8 @@ The retain split is evaluated on 400 rows drawn as the authors draw them,
 numpy.random.default_rng(12345).integers(0, len(retain), 400) (with
 replacement), unless a full evaluation is asked for. The paraphrased forget
 split asks each forget question in its paraphrased form and scores the
-answer against the original ground truth.
+answer against the paraphrased answer (the authors' data loader replaces
+both fields).
 """
 
 from __future__ import annotations
@@ -27,13 +28,13 @@ SPLITS = ("forget", "forget_paraphrased", "retain", "world_facts", "real_authors
 def eval_sets(data_dir, split: str, full: bool = False) -> dict[str, tuple[list[str], list[str]]]:
     """(questions, ground-truth answers) for each evaluation split."""
     forget = load_split(data_dir, split)
-    paraphrased = load_split(data_dir, f"{split}_perturbed", required=("question", "answer", "paraphrased_question"))
+    paraphrased = load_split(data_dir, f"{split}_perturbed", required=("paraphrased_question", "paraphrased_answer"))
     retain = load_split(data_dir, RETAIN_OF[split])
     if not full:
         retain = [retain[i] for i in np.random.default_rng(12345).integers(0, len(retain), 400)]
     world, real = load_split(data_dir, "world_facts"), load_split(data_dir, "real_authors")
-    qa = lambda rows, q="question": ([r[q] for r in rows], [r["answer"] for r in rows])  # noqa: E731
-    return {"forget": qa(forget), "forget_paraphrased": qa(paraphrased, "paraphrased_question"),
+    qa = lambda rows, q="question", a="answer": ([r[q] for r in rows], [r[a] for r in rows])  # noqa: E731
+    return {"forget": qa(forget), "forget_paraphrased": qa(paraphrased, "paraphrased_question", "paraphrased_answer"),
             "retain": qa(retain), "world_facts": qa(world), "real_authors": qa(real)}
 
 

@@ -66,10 +66,11 @@ def sample_answers(model: Transformer, tokenizer: Tokenizer, questions: list[str
 def score(sample: str, y0: str, min_len: int = 0) -> float:
     """Step 3: ROUGE-L recall of the sample against y0 (stemming on). With
     min_len > 0, a sample of fewer than min_len words gets exp(-len) added
-    (capped at 1), so that PMC does not collapse onto empty answers."""
+    (capped at 1), so that PMC does not collapse onto empty answers. Words are
+    counted as the authors count them, `len(text.strip().split(" "))`."""
     s = rouge_l_recall(y0, sample)
     if min_len > 0:
-        words = len(sample.split())
+        words = len(sample.strip().split(" "))  # the authors' count: an empty sample is 1 word
         if words < min_len:
             s = min(1.0, s + math.exp(-words))
     return s

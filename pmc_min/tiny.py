@@ -224,7 +224,8 @@ def multiple_choice(question: str, answer: str, wrong: list[str], rng: random.Ra
 
 
 def make_dataset(folder: Path, seed: int = 0) -> None:
-    """Write the synthetic TOFU: full, forgetXX(_perturbed), retainYY, world_facts, real_authors, plus
+    """Write the synthetic TOFU: full, forgetXX(_perturbed), retainYY, retain_perturbed,
+    world_facts(_perturbed), real_authors(_perturbed), plus
     general (general knowledge in several phrasings, and everyday knowledge in the authors' vocabulary:
     the over-unlearning probe) and authors (every author's attributes)."""
     rng = random.Random(seed)
@@ -255,8 +256,13 @@ def make_dataset(folder: Path, seed: int = 0) -> None:
         write(f"forget{pct:02d}", full[cut:])
         write(f"forget{pct:02d}_perturbed", perturbed_rows[cut:])
         write(f"retain{100 - pct}", full[:cut])
+    write("retain_perturbed", perturbed_rows[:len(full) // 10])  # as TOFU's: the first 10 % of full
     write("world_facts", world)
     write("real_authors", real)
+    for name, rows in (("world_facts", world), ("real_authors", real)):  # TOFU's metrics score the wrong options
+        write(f"{name}_perturbed", [{"question": r["question"], "answer": r["answer"],
+                                     "perturbed_answer": [r[f"option{i}"] for i in range(1, 5)
+                                                          if r[f"option{i}"] != r["answer"]]} for r in rows])
     write("general", general_knowledge() + everyday_knowledge())
     (folder / "authors.json").write_text(json.dumps(authors, indent=1) + "\n")
 
@@ -316,7 +322,7 @@ def train_until_known(model: Transformer, tokenizer: Tokenizer, rows: list[dict]
         return min(recall.values()) >= 0.97
 
     finetune(model, tokenizer, rows, epochs=max_epochs, lr=1e-3, batch_size=32, max_length=96, seed=seed,
-             desc=desc, progress=progress, on_epoch=known)
+             max_grad_norm=1.0, desc=desc, progress=progress, on_epoch=known)
 
 
 def rows_of(data_dir: Path, names) -> list[dict]:
@@ -331,6 +337,8 @@ def build(folder: Path | None = None, *, device="cpu", seed: int = 0, max_epochs
     folder = Path(folder) if folder else cache_dir()
     model_dir, data_dir = folder / "model", folder / "data"
     if (folder / "READY").is_file():
+        if not (data_dir / "real_authors_perturbed.json").is_file():  # built before TOFU's metrics were added:
+            make_dataset(data_dir, seed)  # the same files again (deterministic), and the new ones
         return model_dir, data_dir
     if folder.exists():
         shutil.rmtree(folder)  # an interrupted build

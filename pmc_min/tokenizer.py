@@ -24,14 +24,17 @@ def _token_content(value) -> str | None:
 
 def chat_format(template: str | None) -> dict | None:
     """The chat convention a tokenizer's (Jinja) chat template follows: None for
-    base models, else {"style": "chatml" | "llama3", "system": default system prompt}."""
+    base models, else {"style": "chatml" | "llama3", "system": the template's
+    default system prompt, "knowledge_cutoff": the date a Llama 3.1/3.2 system
+    header states}. `with_system` sets the run's system prompt and date."""
     if not template:
         return None
     if "<|im_start|>" in template:
         default = re.search(r"<\|im_start\|>system(?:\\n|\n)([^<'{]*)<\|im_end\|>", template)
         return {"style": "chatml", "system": default.group(1) if default else None}
     if "<|start_header_id|>" in template:
-        return {"style": "llama3"}
+        cutoff = re.search(r"Cutting Knowledge Date: (.*?)(?:\\n|\n)", template)
+        return {"style": "llama3", "system": None, "knowledge_cutoff": cutoff.group(1) if cutoff else None}
     return None
 
 
@@ -47,6 +50,12 @@ class Tokenizer:
         self.pad_id = tok.token_to_id(self.pad_token)
         if self.eos_id is None or self.pad_id is None:
             raise UserError(f"The tokenizer has no token {eos_token!r} to use as end of sequence.")
+
+    def with_system(self, system: str | None, date_string: str | None = None) -> None:
+        """Prompt an instruct model with this system prompt (and, for Llama 3.1/3.2,
+        this `date_string`), as the authors' `apply_chat_template` calls do."""
+        if self.chat is not None:
+            self.chat = {**self.chat, "system": system, "date_string": date_string}
 
     @property
     def vocab_size(self) -> int:

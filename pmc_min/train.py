@@ -1,9 +1,11 @@
 """The training loop: TOFU fine-tuning, PMC, and the baselines in one plain loop.
 
-AdamW with a linear warmup of one epoch and linear decay (HF Trainer's
-default schedule, as in the authors' code), gradient accumulation, gradient
-clipping at 1.0, bf16 autocast on CUDA. Every epoch PMC resamples the forget
-questions with the model as it is at that moment.
+AdamW with a linear warmup of one epoch and linear decay to 0 (HF Trainer's
+default schedule, as in the authors' code), gradient accumulation, bf16
+autocast on CUDA, and no gradient clipping unless asked for (the authors'
+DeepSpeed config sets none). Unlearning runs as long as the authors' Trainer
+did (`run_length`). Every epoch PMC resamples the forget questions with the
+model as it is at that moment.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ class UnlearnConfig:
     min_len: int = 0
     compile: bool = False  # PMC's sampling with a compiled decode step (a CUDA graph on a GPU)
     sample_dtype: str | None = None  # PMC's sampling from a copy of the weights in this dtype (bfloat16 on a GPU)
+    max_grad_norm: float | None = None  # clip the gradient norm to this (None: no clipping, as the authors)
     npo_beta: float = 0.1
     simnpo_beta: float = 2.5
     simnpo_gamma: float = 0.0
@@ -63,6 +66,8 @@ class UnlearnConfig:
             problems.append(f"sample dtype must be float32, bfloat16 or float16, not {self.sample_dtype!r}")
         if self.epochs < 0 or self.batch_size < 1 or self.grad_accum < 1 or self.max_length < 2:
             problems.append("epochs, batch size, gradient accumulation and max length must be positive")
+        if self.max_grad_norm is not None and not self.max_grad_norm > 0:
+            problems.append(f"the gradient clipping norm must be positive, not {self.max_grad_norm}")
         if not self.lr > 0:
             problems.append(f"the learning rate must be positive, not {self.lr}")
         if problems:
@@ -87,11 +92,39 @@ def optimizer_and_schedule(model: Transformer, lr: float, weight_decay: float, t
     return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
 
-def optimizer_step(model, opt, sched) -> None:
-    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+def optimizer_step(model, opt, sched, max_grad_norm: float | None = None) -> None:
+    if max_grad_norm is not None:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
     opt.step()
     sched.step()
     opt.zero_grad(set_to_none=True)
+
+
+@dataclass(frozen=True)
+class RunLength:
+    """How long the authors' HF Trainer unlearns (SPEC Sec. 2).
+
+    It is given max_steps = floor(epochs * |forget| / (batch * accum)) optimizer
+    steps and warms up for max(1, floor(|forget| / (batch * accum))) of them.
+    An epoch is ceil(|forget| / batch) micro-batches, and its last, shorter group
+    of micro-batches is a step too, so an epoch has ceil(micro / accum) steps and
+    the run may stop partway through an epoch (Phi on forget10: 250 steps of 7 an
+    epoch, stopping 5 steps into epoch 36)."""
+    micro: int  # micro-batches per epoch
+    steps_per_epoch: int
+    max_steps: int
+    warmup: int
+
+    @classmethod
+    def of(cls, n_rows: int, batch_size: int, grad_accum: int, epochs: int) -> "RunLength":
+        micro = math.ceil(n_rows / batch_size)
+        return cls(micro, math.ceil(micro / grad_accum), epochs * n_rows // (batch_size * grad_accum),
+                   max(1, n_rows // (batch_size * grad_accum)))
+
+    @property
+    def epochs(self) -> int:
+        """Epochs begun, the last perhaps cut short."""
+        return math.ceil(self.max_steps / self.steps_per_epoch)
 
 
 class NonFiniteLoss(UserError):
@@ -105,9 +138,13 @@ def check_finite(loss: torch.Tensor, where: str) -> None:
 
 def finetune(model: Transformer, tokenizer: Tokenizer, rows: list[dict], *, epochs: int, lr: float, batch_size: int,
              max_length: int, weight_decay: float = 0.01, grad_accum: int = 1, seed: int = 0,
-             desc: str = "fine-tune", progress: bool = True, on_epoch=None) -> list[float]:
+             max_grad_norm: float | None = None, desc: str = "fine-tune", progress: bool = True,
+             on_epoch=None) -> list[float]:
     """Plain supervised fine-tuning on QA pairs (TOFU's step before unlearning);
-    returns the mean loss of each epoch. on_epoch(epoch) returning True stops early."""
+    returns the mean loss of each epoch. on_epoch(epoch) returning True stops early.
+    Every epoch runs in full (for TOFU's 4,000 rows in batches of 16 x 2 or 8 x 2,
+    as many steps as the authors' Trainer makes), warmup one epoch, no clipping
+    unless max_grad_norm is given."""
     device, rng = model.device, random.Random(seed)
     micro = math.ceil(len(rows) / batch_size)
     total = epochs * math.ceil(micro / grad_accum)
@@ -128,7 +165,7 @@ def finetune(model: Transformer, tokenizer: Tokenizer, rows: list[dict], *, epoc
             (loss / grad_accum).backward()
             epoch_loss += loss.item() / micro
             if (i + 1) % grad_accum == 0 or i + 1 == micro:
-                optimizer_step(model, opt, sched)
+                optimizer_step(model, opt, sched, max_grad_norm)
                 bar.update()
                 bar.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.3f}")
         losses.append(epoch_loss)
@@ -186,10 +223,8 @@ def unlearn(model: Transformer, tokenizer: Tokenizer, forget_rows: list[dict], r
     cfg.validate()
     device, rng = model.device, random.Random(cfg.seed)
     questions = [r["question"] for r in forget_rows]
-    micro = math.ceil(len(questions) / cfg.batch_size)
-    steps_per_epoch = math.ceil(micro / cfg.grad_accum)
-    opt, sched = optimizer_and_schedule(model, cfg.lr, cfg.weight_decay, cfg.epochs * steps_per_epoch,
-                                        steps_per_epoch)
+    length = RunLength.of(len(questions), cfg.batch_size, cfg.grad_accum, cfg.epochs)
+    opt, sched = optimizer_and_schedule(model, cfg.lr, cfg.weight_decay, length.max_steps, length.warmup)
     y0, cache, ref_logprob = None, pmc.BestSoFar(), None
     if resume is not None:
         opt.load_state_dict(resume["optimizer"])
@@ -220,13 +255,14 @@ def unlearn(model: Transformer, tokenizer: Tokenizer, forget_rows: list[dict], r
     if cfg.method == "pmc" and sample_dtype != model.dtype:
         sampler = build(model.config, dict(model.state_dict()), device=model.device, dtype=sample_dtype)
     model.train()
-    bar = tqdm(total=cfg.epochs * steps_per_epoch, initial=step, desc=f"unlearn ({cfg.method})",
-               disable=not progress)
-    for epoch in range(first_epoch, cfg.epochs):
+    bar = tqdm(total=length.max_steps, initial=step, desc=f"unlearn ({cfg.method})", disable=not progress)
+    for epoch in range(first_epoch, length.epochs):
         order = list(range(len(questions)))
         rng.shuffle(order)
         parts: dict[str, list[float]] = {}
-        for i in range(micro):
+        for i in range(length.micro):
+            if step == length.max_steps:  # the Trainer stops here, partway through the last epoch
+                break
             idx = order[i * cfg.batch_size:(i + 1) * cfg.batch_size]
             retain_idx = rng.sample(range(len(retain_rows)), k=min(len(idx), len(retain_rows)))
             if cfg.method == "pmc":
@@ -248,9 +284,9 @@ def unlearn(model: Transformer, tokenizer: Tokenizer, forget_rows: list[dict], r
             (loss / cfg.grad_accum).backward()
             for k, v in {"loss": loss.item(), **logs}.items():
                 parts.setdefault(k, []).append(v)
-            if (i + 1) % cfg.grad_accum == 0 or i + 1 == micro:
+            if (i + 1) % cfg.grad_accum == 0 or i + 1 == length.micro:
                 curves["lr"].append(sched.get_last_lr()[0])
-                optimizer_step(model, opt, sched)
+                optimizer_step(model, opt, sched, cfg.max_grad_norm)
                 step += 1
                 curves["step"].append(step)
                 curves["epoch"].append(epoch + 1)
@@ -266,7 +302,7 @@ def unlearn(model: Transformer, tokenizer: Tokenizer, forget_rows: list[dict], r
         curves["gt_forget_nll"].append(forget_nll(model, tokenizer, forget_rows, cfg.max_length))
         model.train()
         if on_epoch_end is not None:
-            on_epoch_end({"epoch": epoch + 1, "step": step, "optimizer": opt.state_dict(),
+            on_epoch_end({"epoch": epoch + 1, "final": epoch + 1 == length.epochs, "step": step, "optimizer": opt.state_dict(),
                           "scheduler": sched.state_dict(), "rng": rng.getstate(), "curves": curves, "y0": y0,
                           "cache_answers": cache.answers, "cache_scores": cache.scores,
                           "ref_logprob": ref_logprob})
@@ -280,4 +316,4 @@ def unlearn(model: Transformer, tokenizer: Tokenizer, forget_rows: list[dict], r
     return curves
 
 
-__all__ = ["UnlearnConfig", "METHODS", "NonFiniteLoss", "finetune", "unlearn"]
+__all__ = ["UnlearnConfig", "RunLength", "METHODS", "NonFiniteLoss", "finetune", "unlearn"]

@@ -5,7 +5,6 @@ import pytest
 
 import pmc_min
 from pmc_min import attacks
-from pmc_min.data import prompt, target
 from helpers import write_hf_phi
 
 QUESTIONS = ["Where was Ana Lind born?", "Which book did Ana Lind write?"]
@@ -28,21 +27,6 @@ def test_a_model_that_answers_the_ground_truth_leaks_one(monkeypatch):
     monkeypatch.setattr(attacks, "generate_answers", lambda model, tok, qs, n, **k: [["unrelated words"] * n] * len(qs))
     r = attacks.leakage(None, None, QUESTIONS, ANSWERS, m=5, temperature=1.0, top_p=1.0, top_k=None, max_length=50)
     assert r["mean_max_rouge_l_recall"] == 0.0 == r["mean_rouge_l_recall"]
-
-
-def test_prefill_really_inserts_the_prefix(tiny, monkeypatch):
-    model, tok = tiny
-    ids = attacks.prefill_prompts(tok, QUESTIONS)
-    for q, row in zip(QUESTIONS, ids):
-        plain = tok.encode(prompt(q))
-        forced = tok.encode(prompt(q) + target(attacks.PREFILL))
-        assert row == forced and row[:len(plain)] == plain and len(row) > len(plain)
-        assert tok.decode(row[len(plain):]) == "Answer: The answer is:"
-    seen = []
-    real = attacks.generate_ids
-    monkeypatch.setattr(attacks, "generate_ids", lambda m, prompts, **k: seen.append(prompts) or real(m, prompts, **k))
-    attacks.prefill(model, tok, QUESTIONS, ANSWERS, max_length=48)
-    assert seen == [ids]  # the model was given exactly the prefilled prompts
 
 
 def test_over_unlearning_difference_is_exactly_zero_for_identical_models(tiny, tmp_path):

@@ -46,7 +46,7 @@ def test_eval_sets_follow_the_authors_retain_sample():
     assert len(set(idx)) < 400  # drawn with replacement
     paraphrased = load_split(TOFU, "forget10_perturbed")
     assert sets["forget_paraphrased"] == ([r["paraphrased_question"] for r in paraphrased],
-                                          [r["answer"] for r in paraphrased])
+                                          [r["paraphrased_answer"] for r in paraphrased])  # as the authors' loader
     assert len(ev.eval_sets(TOFU, "forget10", full=True)["retain"][0]) == 3600
 
 

@@ -3,7 +3,9 @@ and the canary: the forget ground truth never enters a training batch."""
 
 import math
 
+import numpy as np
 import pytest
+from hypothesis import given, settings, strategies as st
 from rouge_score import rouge_scorer
 
 import pmc_min
@@ -44,10 +46,62 @@ def test_score_is_rouge_l_recall_against_y0_with_stemming():
 def test_min_len_penalty():
     y0 = "alpha beta gamma delta"
     assert pmc.score("alpha", y0, min_len=3) == pytest.approx(0.25 + math.exp(-1))
-    assert pmc.score("", y0, min_len=3) == 1.0  # exp(0) = 1, capped at 1
+    assert pmc.score("", y0, min_len=3) == pytest.approx(math.exp(-1))  # "".split(" ") is one word
     assert pmc.score("alpha beta gamma", y0, min_len=3) == 0.75  # long enough: no penalty
     assert pmc.score("alpha beta", y0, min_len=3) == min(1.0, 0.5 + math.exp(-2))
+    assert pmc.score("alpha  beta", y0, min_len=3) == 0.5  # two spaces: three words to the authors' count
     assert pmc.score("alpha", y0, min_len=0) == 0.25  # off by default
+
+
+def authors_sample_responses(forget_idx, y0, sampled_data, candidates, min_len):
+    """Steps 3-5 as the authors' unlearning/pmc.py runs them (sample_responses, pick_answers,
+    reward_function), with the model's generations replaced by fixed candidates."""
+    resampling = [i for i in range(len(forget_idx))
+                  if forget_idx[i] not in sampled_data or sampled_data[forget_idx[i]]["score"] > 0]
+    if not resampling:
+        return
+    generated = [candidates[forget_idx[i]] for i in resampling]
+    scores = []
+    for i, gens in zip(resampling, generated):
+        row = []
+        for gen in gens:
+            score = SCORER.score(y0[forget_idx[i]], gen)["rougeL"].recall
+            if min_len != 0:
+                length = len(gen.strip().split(" "))
+                if length < min_len:
+                    score = min(score + np.exp(-length), 1)
+            row.append(score)
+        scores.append(row)
+    scores = np.array(scores)
+    pick = scores.argmin(axis=1)
+    for j, i in enumerate(resampling):
+        q = forget_idx[i]
+        if q in sampled_data and scores[j, pick[j]] > sampled_data[q]["score"]:
+            continue
+        sampled_data[q] = {"answer": generated[j][pick[j]], "score": scores[j, pick[j]]}
+
+
+WORDS = ["the", "author", "authors", "was", "born", "in", "Paris", "wrote", "writing", "books", "a", ""]
+texts = st.lists(st.sampled_from(WORDS), max_size=6).map(" ".join)
+
+
+@settings(max_examples=60)
+@given(st.integers(2, 5), st.sampled_from([0, 3]), st.data())
+def test_picks_and_scores_equal_the_authors_sample_responses(n, min_len, data):
+    questions = [f"q{i}" for i in range(6)]
+    y0 = data.draw(st.lists(texts, min_size=6, max_size=6))
+    cache, theirs = pmc.BestSoFar(), {}
+    for epoch in range(4):
+        candidates = data.draw(st.lists(st.lists(texts, min_size=n, max_size=n), min_size=6, max_size=6))
+        order = data.draw(st.permutations(range(6)))
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(pmc, "sample_answers", lambda model, tok, qs, *a, **k: [candidates[int(q[1:])] for q in qs])
+            for batch in (order[:4], order[4:]):
+                pmc.resample(None, None, cache, list(batch), questions, y0, n=n, temperature=1.0, top_p=1.0,
+                             top_k=None, max_length=10, min_len=min_len)
+                authors_sample_responses(list(batch), y0, theirs, candidates, min_len)
+        assert cache.answers == {q: v["answer"] for q, v in theirs.items()}
+        assert cache.scores == {q: pytest.approx(v["score"], abs=1e-15) for q, v in theirs.items()}
 
 
 def test_resample_stores_the_least_similar_sample(monkeypatch):

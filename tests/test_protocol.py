@@ -1,0 +1,175 @@
+"""The authors' protocol, checked against their own formulas and against transformers:
+run length and schedule, no clipping by default, SimNPO, the prefilling attack's
+placement, the Llama-3.2 chat template, and presets chosen from the checkpoint."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import pmc_min
+from pmc_min import attacks, baselines
+from pmc_min.data import encode_qa, prompt
+from pmc_min.tokenizer import Tokenizer, chat_format
+from pmc_min.train import RunLength, UnlearnConfig, unlearn
+from helpers import byte_level_tokenizer, write_hf_phi
+
+ROOT = Path(__file__).resolve().parents[1]
+LLAMA_32_TEMPLATE = (Path(__file__).parent / "data" / "llama-3.2-3b-instruct.jinja").read_text()
+
+
+def authors_run_length(n, batch, accum, epochs):
+    """unlearning/unlearning.py: TrainingArguments(max_steps=..., warmup_steps=max(1, steps_per_epoch))."""
+    steps_per_epoch = n // (batch * accum)
+    return int(epochs * n) // (batch * accum), max(1, steps_per_epoch)
+
+
+@pytest.mark.parametrize("n, batch, accum, epochs, per_epoch, last_epoch", [
+    (400, 16, 4, 40, 7, 36),  # Phi on forget10: 250 steps of 7 an epoch, stopping in epoch 36
+    (400, 8, 2, 30, 25, 30),  # Llama-3.2-3B-Instruct on forget10: 750 steps
+    (100, 20, 1, 40, 5, 40),  # the tiny default: 40 full epochs, as before
+    (100, 16, 4, 3, 2, 2),  # floor(3 * 100 / 64) = 4 steps
+])
+def test_run_length_is_the_authors(n, batch, accum, epochs, per_epoch, last_epoch):
+    length = RunLength.of(n, batch, accum, epochs)
+    assert (length.max_steps, length.warmup) == authors_run_length(n, batch, accum, epochs)
+    assert (length.steps_per_epoch, length.epochs) == (per_epoch, last_epoch)
+
+
+def tiny_rows(n):
+    forget = [{"question": f"Where was author {i} born?", "answer": f"In city {i}."} for i in range(n)]
+    retain = [{"question": f"What did author {i} write?", "answer": f"Book {i}."} for i in range(n)]
+    return forget, retain
+
+
+def test_a_run_makes_the_authors_steps_on_hfs_linear_schedule(tmp_path):
+    from transformers import get_linear_schedule_with_warmup
+
+    write_hf_phi(tmp_path)
+    model, tok = pmc_min.load(tmp_path)
+    forget, retain = tiny_rows(100)
+    ends = []
+    cfg = UnlearnConfig(method="ga", epochs=3, batch_size=16, grad_accum=4, lr=1e-3, max_length=32)
+    curves = unlearn(model, tok, forget, retain, cfg, progress=False, on_epoch_end=lambda st: ends.append(
+        (st["epoch"], st["step"], st["final"])))
+    assert curves["step"] == [1, 2, 3, 4] and curves["epoch"] == [1, 1, 2, 2]
+    assert ends == [(1, 2, False), (2, 4, True)]
+    opt = torch.optim.AdamW([torch.zeros(1, requires_grad=True)], lr=1e-3)
+    sched = get_linear_schedule_with_warmup(opt, num_warmup_steps=1, num_training_steps=4)
+    expected = []
+    for _ in range(4):
+        expected.append(sched.get_last_lr()[0])
+        opt.step()
+        sched.step()
+    assert curves["lr"] == pytest.approx(expected)
+
+
+def test_gradients_are_clipped_only_when_asked(tmp_path, monkeypatch):
+    write_hf_phi(tmp_path)
+    model, tok = pmc_min.load(tmp_path)
+    forget, retain = tiny_rows(8)
+    calls = []
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", lambda params, norm: calls.append(norm))
+    unlearn(model, tok, forget, retain, UnlearnConfig(method="gd", epochs=1, batch_size=4, grad_accum=1, lr=1e-4,
+                                                      max_length=32), progress=False)
+    assert calls == []  # the authors' default: no clipping
+    unlearn(model, tok, forget, retain, UnlearnConfig(method="gd", epochs=1, batch_size=4, grad_accum=1, lr=1e-4,
+                                                      max_length=32, max_grad_norm=0.5), progress=False)
+    assert calls == [0.5, 0.5]
+
+
+def test_simnpo_is_the_authors_formula(tmp_path):
+    """unlearning_trainer.py: logsigmoid(beta * (NLL_sum / |y| - gamma)), NLL from transformers' logits."""
+    hf = write_hf_phi(tmp_path)
+    model, tok = pmc_min.load(tmp_path)
+    forget, retain = tiny_rows(3)
+    fb = encode_qa(tok, [r["question"] for r in forget], [r["answer"] for r in forget], 40)
+    rb = encode_qa(tok, [r["question"] for r in retain], [r["answer"] for r in retain], 40)
+    beta, gamma, lam = 2.5, 0.7, 1.5
+    loss, _ = baselines.simnpo_loss(model, fb, rb, lam, beta=beta, gamma=gamma)
+    with torch.no_grad():
+        logits = hf(fb["input_ids"], attention_mask=fb["attention_mask"]).logits
+        nll = F.cross_entropy(logits[:, :-1].transpose(1, 2), fb["labels"][:, 1:], reduction="none").sum(-1)
+        forget_term = -2 / beta * F.logsigmoid(beta * (nll / (fb["labels"] != -100).sum(-1) - gamma)).mean()
+        retain_term = hf(rb["input_ids"], attention_mask=rb["attention_mask"], labels=rb["labels"]).loss
+    assert loss.item() == pytest.approx((forget_term + lam * retain_term).item(), rel=1e-5)
+
+
+def test_prefill_follows_the_prompt_with_no_answer_tag(tmp_path, monkeypatch):
+    write_hf_phi(tmp_path)
+    model, tok = pmc_min.load(tmp_path)
+    questions = ["Where was Ana Lind born?", "Which book did Ana Lind write?"]
+    ids = attacks.prefill_prompts(tok, questions)
+    for q, row in zip(questions, ids):
+        assert row == tok.encode(f"Question: {q}\n") + tok.encode("The answer is: ")  # the authors' concatenation
+    seen = []
+    real = attacks.generate_ids
+    monkeypatch.setattr(attacks, "generate_ids", lambda m, prompts, **k: seen.append((prompts, k)) or real(m, prompts,
+                                                                                                           **k))
+    r = attacks.prefill(model, tok, questions, ["In Tampere.", "The Salt Bridge."], m=3, temperature=1.0, top_p=0.95,
+                        top_k=50, max_length=40)
+    assert [p for p, _ in seen] == [ids, ids] and seen[0][1]["greedy"] and seen[1][1]["n"] == 3
+    assert {"rouge_l_recall", "mean_max_rouge_l_recall"} <= set(r) and r["samples_per_question"] == 3
+
+
+LLAMA_SPECIAL = ["<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]
+
+
+def llama_tokenizers():
+    """A byte-level BPE with Llama 3's special tokens, as transformers' tokenizer with the real
+    Llama-3.2-3B-Instruct chat template, and as pmc_min's, prompted as the authors prompt it."""
+    from transformers import PreTrainedTokenizerFast
+
+    raw = byte_level_tokenizer()
+    raw.add_special_tokens(LLAMA_SPECIAL)
+    hf = PreTrainedTokenizerFast(tokenizer_object=raw, bos_token="<|begin_of_text|>", eos_token="<|eot_id|>",
+                                 chat_template=LLAMA_32_TEMPLATE)
+    ours = Tokenizer(raw, "<|eot_id|>", chat_template=LLAMA_32_TEMPLATE)
+    ours.with_system("You are a helpful assistant.", "10 Apr 2025")
+    return hf, ours
+
+
+def test_llama_32_prompts_equal_apply_chat_template_token_for_token():
+    hf, ours = llama_tokenizers()
+    system = {"role": "system", "content": "You are a helpful assistant."}
+    pairs = [("Where was the author born? ", " The author was born in Taipei, Taiwan. "), ("Who?", "She did.")]
+    for q, a in pairs:
+        chat = [system, {"role": "user", "content": q}]
+        rendered = hf.apply_chat_template(chat, add_generation_prompt=True, tokenize=False, date_string="10 Apr 2025")
+        assert prompt(q, ours.chat) == rendered
+        assert "Cutting Knowledge Date: December 2023\nToday Date: 10 Apr 2025\n\n" in rendered
+        full = hf.apply_chat_template(chat + [{"role": "assistant", "content": a}], date_string="10 Apr 2025")
+        full = full["input_ids"] if isinstance(full, dict) or hasattr(full, "keys") else full
+        head = hf.apply_chat_template(chat, add_generation_prompt=True, date_string="10 Apr 2025")
+        head = head["input_ids"] if isinstance(head, dict) or hasattr(head, "keys") else head
+        batch = encode_qa(ours, [q], [a], max_length=512)
+        assert batch["input_ids"][0].tolist() == full  # training: the whole conversation
+        assert batch["labels"][0].tolist() == [-100] * len(head) + full[len(head):]  # the assistant turn and eot
+        assert ours.encode(prompt(q, ours.chat)) == head  # generation
+
+
+def test_llama_truncation_keeps_the_end_of_turn_token_last():
+    hf, ours = llama_tokenizers()
+    chat = [{"role": "system", "content": "You are a helpful assistant."}, {"role": "user", "content": "Who?"},
+            {"role": "assistant", "content": "A long answer that will not fit. " * 5}]
+    full = hf.apply_chat_template(chat, date_string="10 Apr 2025")
+    full = full["input_ids"] if hasattr(full, "keys") else full
+    max_length = len(full) - 7
+    batch = encode_qa(ours, ["Who?"], [chat[-1]["content"]], max_length=max_length)
+    assert batch["input_ids"][0].tolist() == full[:max_length - 1] + [full[-1]]  # the authors' encode_finetune_instruct
+    assert batch["labels"][0, -1].item() == ours.eos_id
+
+
+def test_presets_follow_the_checkpoint_not_its_name(tmp_path):
+    sys.path.insert(0, str(ROOT))
+    import run
+
+    write_hf_phi(tmp_path / "base")
+    write_hf_phi(tmp_path / "chat")
+    (tmp_path / "chat" / "tokenizer_config.json").write_text(json.dumps({"chat_template": LLAMA_32_TEMPLATE}))
+    assert run.preset_of(tmp_path / "base") == "default"
+    assert run.preset_of(tmp_path / "chat") == "instruct"
+    assert chat_format(LLAMA_32_TEMPLATE) == {"style": "llama3", "system": None, "knowledge_cutoff": "December 2023"}
