@@ -204,10 +204,10 @@ def main(argv=None) -> int:
 
     # Inputs first, heavy work after: the model names, the data files, the model's files (a download
     # if need be), then the tiny build if needed.
-    for name_ in (args.model, args.reference_model):
-        if name_ and name_ != "tiny":
-            checkpoint.check_name(name_)
-    finetunes = args.finetune_epochs if args.model == "tiny" else args.finetune_epochs != 0
+    for given in (args.model, args.reference_model):
+        if given and given != "tiny":
+            checkpoint.check_name(given)
+    finetunes = bool(args.finetune_epochs) if args.model == "tiny" else args.finetune_epochs != 0  # reads `full`
     if not tiny_default:
         data_dir = resolve_data_dir(args.data_dir)
         splits = read_splits(data_dir, args, finetunes, "tofu" in evals)

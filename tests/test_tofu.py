@@ -145,3 +145,26 @@ def test_malformed_perturbed_answers_end_in_one_sentence(tmp_path):
     (tmp_path / "world_facts_perturbed.json").write_text('{"question": "q", "answer": "a", "perturbed_answer": "b"}\n')
     with pytest.raises(pmc_min.UserError, match=r"world_facts_perturbed.json, row 1: perturbed_answer must be a list"):
         tofu.tofu_sets(tmp_path, "forget10")
+
+
+def test_run_py_eval_tofu_writes_what_recomputes_both_headline_numbers(tmp_path):
+    from test_data_eval import run_py
+    from pmc_min.tiny import make_dataset
+
+    make_dataset(tmp_path / "data")
+    write_hf_phi(tmp_path / "phi", seed=2)
+    write_hf_phi(tmp_path / "ref", seed=3)
+    common = ["--model", str(tmp_path / "phi"), "--data-dir", str(tmp_path / "data"), "--finetune-epochs", "0",
+              "--epochs", "1", "--batch-size", "5", "--n", "2", "--max-length", "40", "--limit", "10", "--no-progress"]
+    refused = run_py(*common, "--eval", "tofu", "--out", str(tmp_path / "no"))
+    assert refused.returncode == 2 and refused.stderr.count("\n") == 1 and "--reference-model" in refused.stderr
+    done = run_py(*common, "--eval", "tofu", "--reference-model", str(tmp_path / "ref"), "--out", str(tmp_path / "run"))
+    assert done.returncode == 0, done.stderr
+    results = __import__("json").loads((tmp_path / "run" / "results.json").read_text())
+    for when in ("before", "after"):
+        t = results[when]["tofu"]
+        assert len(t["truth_ratio"]["forget"]) == len(t["truth_ratio"]["reference_forget"]) == 10
+        ref = sps.ks_2samp(t["truth_ratio"]["forget"], t["truth_ratio"]["reference_forget"])
+        assert t["forget_quality"] == pytest.approx(ref.pvalue) and t["ks_statistic"] == pytest.approx(ref.statistic)
+        assert t["model_utility"] == pytest.approx(float(sps.hmean(list(t["components"].values()))))
+        assert len(t["components"]) == 9
