@@ -90,10 +90,10 @@ except ImportError:
     plt = None
 if plt is not None and points:
     fig, ax = plt.subplots(figsize=(5.5, 4))
-    for name, t in points:
-        ax.scatter(t["model_utility"], max(t["forget_quality"], 1e-300), s=30)
-        ax.annotate(name, (t["model_utility"], max(t["forget_quality"], 1e-300)), fontsize=8,
-                    textcoords="offset points", xytext=(4, 3))
+    for i, (name, t) in enumerate(points):
+        xy = (t["model_utility"], max(t["forget_quality"], 1e-300))
+        ax.scatter(*xy, s=30)
+        ax.annotate(name, xy, fontsize=8, textcoords="offset points", xytext=(5, 4 if i % 2 else -10))
     ax.set(yscale="log", xlabel="model utility", ylabel="forget quality (KS p-value, log scale)",
            title="TOFU's metrics on the embedded default (forget10)")
     fig.tight_layout()
