@@ -34,10 +34,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .baselines import sequence_logprob
 from .data import encode_qa, load_split
 from .errors import UserError
-from .model import Transformer
+from .model import Transformer, causal_lm_loss
 from .pmc import generate_answers
 from .rouge import rouge_l_recall
 from .stats import harmonic_mean, ks_2samp
@@ -75,8 +74,8 @@ def avg_losses(model: Transformer, tokenizer: Tokenizer, questions: list[str], a
         batch = encode_qa(tokenizer, questions[i:i + batch_size], answers[i:i + batch_size], max_length,
                           model.device)
         with autocast(model.device):
-            logp, count = sequence_logprob(model, batch)
-        out.append((-logp / count.clamp(min=1)).double().cpu())
+            out.append(causal_lm_loss(model(batch["input_ids"], batch["attention_mask"]), batch["labels"],
+                                      reduction="none").double().cpu())
     return torch.cat(out).numpy()
 
 
