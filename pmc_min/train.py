@@ -4,7 +4,7 @@ AdamW with a linear warmup of one epoch and linear decay to 0 (HF Trainer's
 default schedule, as in the authors' code), gradient accumulation, bf16
 autocast on CUDA, and no gradient clipping unless asked for (the authors'
 DeepSpeed config sets none). Unlearning runs as long as the authors' Trainer
-did (`run_length`). Every epoch PMC resamples the forget questions with the
+did (`RunLength`). Every epoch PMC resamples the forget questions with the
 model as it is at that moment.
 """
 
@@ -102,7 +102,7 @@ def optimizer_step(model, opt, sched, max_grad_norm: float | None = None) -> Non
 
 @dataclass(frozen=True)
 class RunLength:
-    """How long the authors' HF Trainer unlearns (SPEC Sec. 2).
+    """How long the authors' HF Trainer unlearns (their `unlearning/unlearning.py`).
 
     It is given max_steps = floor(epochs * |forget| / (batch * accum)) optimizer
     steps and warms up for max(1, floor(|forget| / (batch * accum))) of them.
