@@ -33,7 +33,7 @@ from pmc_min.train import METHODS, NonFiniteLoss, UnlearnConfig, finetune, unlea
 # The paper's Phi-1.5 configuration is UnlearnConfig's default; the tiny
 # default differs where a 4M-parameter model trained from scratch needs it.
 # A checkpoint whose tokenizer has a chat template gets the authors'
-# Llama-3.2-3B-Instruct configuration (SPEC Sec. 2), any other the Phi one.
+# Llama-3.2-3B-Instruct configuration (docs/method.md §2), any other the Phi one.
 PRESETS = {
     "tiny": dict(lr=2e-4, batch_size=20, grad_accum=1, max_length=96),
     "instruct": dict(lam=1.25, n_samples=20, temperature=0.9, top_p=0.95, epochs=30, lr=1e-5, batch_size=8,

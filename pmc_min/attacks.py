@@ -1,4 +1,4 @@
-"""The paper's robustness evaluations (SPEC Sec. 3), beyond greedy ROUGE-L.
+"""The paper's robustness evaluations (docs/method.md §3), beyond greedy ROUGE-L.
 
 - `leakage`:     m samples per forget question; the best ROUGE-L recall of any of them (and the mean).
 - `prefill`:     the prefilling attack: the tokens of "The answer is: " follow the prompt directly

@@ -7,7 +7,7 @@ perturbed answers; `world_facts` and `real_authors` measure general utility.
 Files are JSON Lines named as in the hub dataset `locuslab/TOFU`, so a local
 folder and a hub snapshot read the same way.
 
-Prompt format for base models (SPEC Sec. 2): the prompt is
+Prompt format for base models (docs/method.md §2): the prompt is
 "Question: {q}\n", the target "Answer: {a}" + eos, and the loss covers the
 target tokens only. Instruct models get the question as a chat turn
 (ChatML or Llama 3, as their tokenizer's chat template has it) and answer

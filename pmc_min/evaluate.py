@@ -1,4 +1,4 @@
-"""Evaluation as the authors define it (SPEC Sec. 3): greedy answers, ROUGE-L
+"""Evaluation as the authors define it (docs/method.md §3): greedy answers, ROUGE-L
 recall against the ground truth, averaged per split.
 
     unlearn quality = 100 * (1 - (R_forget + R_forget_paraphrased) / 2)

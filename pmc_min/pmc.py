@@ -6,7 +6,7 @@ similarity to what the *original* model answered, and fine-tunes on the
 least similar one, epoch after epoch. Trained on its own curated samples,
 the model's distribution on those questions collapses onto the preferred
 answers and the original answer's probability goes to 0; the retain loss
-keeps the collapse partial. The steps (SPEC Sec. 2):
+keeps the collapse partial. The steps (docs/method.md §2):
 
 1. `initial_answers`   y0[q]: the original model's greedy answer, the reference of the reward.
 2. `sample_answers`    n answers per question from the current model (T, top_p, top_k).

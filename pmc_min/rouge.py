@@ -1,8 +1,8 @@
 """ROUGE-L, identical to rouge-score's `RougeScorer(['rougeL'])`, and fast.
 
 PMC's reward is `1 - ROUGE-L recall(reference=y0, candidate=sample)`
-(paper Sec. 3; SPEC step 3) and every evaluation number is ROUGE-L recall
-against the ground truth (SPEC Sec. 3), so the numbers must be rouge-score's
+(paper Sec. 3; docs/method.md §2, step 3) and every evaluation number is ROUGE-L recall
+against the ground truth (docs/method.md §3), so the numbers must be rouge-score's
 to the last digit. Two things make this fast: stems are memoised, and the
 LCS length is computed bit-parallel (Hyyrö 2004) on Python integers, one
 big-integer add per candidate token instead of a row of the DP table.

@@ -1,7 +1,7 @@
 """Batched top-p sampling with a static KV cache: PMC's inner loop.
 
 Every epoch PMC draws n answers to every forget question from the current
-model (paper Sec. 3; SPEC step 2), so this is where its time goes. The
+model (paper Sec. 3; docs/method.md §2, step 2), so this is where its time goes. The
 design follows gpt-fast: prompts x n rows left-padded into one batch, one
 prefill per prompt, then one token per step into a preallocated cache in
 which the n samples of a prompt share its keys and values (read once per

@@ -31,7 +31,7 @@ METHODS = ("pmc", "ga", "gd", "idk", "npo", "simnpo")
 
 @dataclass
 class UnlearnConfig:
-    """Defaults: the authors' Phi-1.5 configuration (SPEC Sec. 2)."""
+    """Defaults: the authors' Phi-1.5 configuration (docs/method.md §2)."""
     method: str = "pmc"
     epochs: int = 40
     lr: float = 1e-5

@@ -1,4 +1,4 @@
-"""Property tests of the theory (SPEC Sec. 5): exact identities with
+"""Property tests of the theory (paper Sec. 4; docs/method.md §4): exact identities with
 Fractions and ==, Monte Carlo claims within stated confidence bounds."""
 
 import sys

@@ -1,5 +1,5 @@
 """Numerical checks of the convergence theory behind Partial Model Collapse
-(SPEC Sec. 5). Stands alone: imports nothing from pmc_min.
+(paper Sec. 4; docs/method.md §4). Stands alone: imports nothing from pmc_min.
 
 - lottery.py: the self-consuming lottery (model collapse) and the
   retain-anchored lottery (partial collapse).

@@ -1,4 +1,4 @@
-"""Each claim of the paper's theory (SPEC Sec. 5), as one executable check.
+"""Each claim of the paper's theory (paper Sec. 4; docs/method.md §4), as one executable check.
 
 `python -m theory` runs them all and prints a table; the property tests in
 tests/test_theory.py check the same claims on hypothesis-generated cases.
