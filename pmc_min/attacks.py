@@ -20,11 +20,9 @@ import re
 import numpy as np
 import torch
 
-from .data import prompt
-from .model import Transformer
-from .pmc import generate_answers
+from .model import Transformer, causal_lm_loss
+from .qa import complete, encode_qa, generate_answers, prompt
 from .rouge import rouge_l_recall
-from .sample import generate_ids
 from .tokenizer import Tokenizer
 
 PREFILL = "The answer is: "  # the authors' prefix, tokenised alone without special tokens
@@ -55,14 +53,9 @@ def prefill(model: Transformer, tokenizer: Tokenizer, questions: list[str], answ
     """The greedy answer and m samples after the forced start, each scored on what the model
     wrote after the prefix."""
     ids = prefill_prompts(tokenizer, questions)
-    was_training = model.training
-    model.eval()
-    common = dict(max_new_tokens=max(1, max_length - max(map(len, ids))), eos_id=tokenizer.eos_id,
-                  pad_id=tokenizer.pad_id)
-    greedy = [tokenizer.decode(o[0]) for o in generate_ids(model, ids, greedy=True, **common)]
-    sampled = [tokenizer.decode_batch(o) for o in generate_ids(model, ids, n=m, temperature=temperature, top_p=top_p,
-                                                               top_k=top_k, seed=seed, **common)]
-    model.train(was_training)
+    greedy = [texts[0] for texts in complete(model, tokenizer, ids, n=1, greedy=True, max_length=max_length)]
+    sampled = complete(model, tokenizer, ids, n=m, greedy=False, max_length=max_length, temperature=temperature,
+                       top_p=top_p, top_k=top_k, seed=seed)
     return {"rouge_l_recall": float(np.mean([rouge_l_recall(a, w) for a, w in zip(answers, greedy)])),
             **worst_case(answers, sampled), "samples_per_question": m, "temperature": temperature,
             "examples": [{"question": q, "generated": w} for q, w in list(zip(questions, greedy))[:3]]}
@@ -107,9 +100,6 @@ def overunlearn(p_after: list[float], p_base: list[float], bins: int = 20) -> di
 def option_scores(model: Transformer, tokenizer: Tokenizer, question: str, options: list[str],
                   max_length: int = 200) -> np.ndarray:
     """Inverse perplexity of each option as the answer, normalised to probabilities."""
-    from .data import encode_qa
-    from .model import causal_lm_loss
-
     model.eval()
     batch = encode_qa(tokenizer, [question] * len(options), options, max_length, model.device)
     nll = causal_lm_loss(model(batch["input_ids"], batch["attention_mask"]), batch["labels"], reduction="none")

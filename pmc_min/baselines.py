@@ -19,8 +19,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .model import Transformer
-from .pmc import nll
+from .model import Transformer, nll
 
 IDK_ANSWER = "I don't know."
 

@@ -1,4 +1,4 @@
-"""TOFU data: the splits, the prompt format, and answer-only label masking.
+"""TOFU data: the splits and their files.
 
 TOFU (Maini et al., 2024) is 200 fictitious authors x 20 QA pairs (`full`);
 `forgetXX` is the last 1/5/10 % of `full` and `retainYY` the rest.
@@ -6,12 +6,6 @@ TOFU (Maini et al., 2024) is 200 fictitious authors x 20 QA pairs (`full`);
 perturbed answers; `world_facts` and `real_authors` measure general utility.
 Files are JSON Lines named as in the hub dataset `locuslab/TOFU`, so a local
 folder and a hub snapshot read the same way.
-
-Prompt format for base models (docs/method.md §2): the prompt is
-"Question: {q}\n", the target "Answer: {a}" + eos, and the loss covers the
-target tokens only. Instruct models get the question as a chat turn
-(ChatML or Llama 3, as their tokenizer's chat template has it) and answer
-as the assistant, ending with their end-of-turn token.
 """
 
 from __future__ import annotations
@@ -19,55 +13,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import torch
-
 from .errors import UserError
-from .tokenizer import Tokenizer
 
 HUB_DATASET = "locuslab/TOFU"
 FORGET_SPLITS = ("forget01", "forget05", "forget10")
 RETAIN_OF = {"forget01": "retain99", "forget05": "retain95", "forget10": "retain90"}
-ANSWER_TAG = "Answer:"
-
-
-def prompt(question: str, chat: dict | None = None) -> str:
-    """Base models: "Question: q\n". Instruct models (`chat`, from the
-    tokenizer's chat template and the run's system prompt): what the
-    template's `apply_chat_template([system, user], add_generation_prompt=True)`
-    renders, in ChatML or Llama 3 form. Llama 3.1/3.2 templates always write a
-    system header with their knowledge cutoff and `date_string`."""
-    if chat is None:
-        return f"Question: {question}\n"
-    system = chat.get("system")
-    if chat["style"] == "chatml":
-        head = f"<|im_start|>system\n{system}<|im_end|>\n" if system else ""
-        return f"{head}<|im_start|>user\n{question}<|im_end|>\n<|im_start|>assistant\n"
-    head = ""
-    if chat.get("knowledge_cutoff"):  # Llama 3.1/3.2: the system turn is always there
-        head = (f"Cutting Knowledge Date: {chat['knowledge_cutoff']}\n"
-                f"Today Date: {chat.get('date_string') or DEFAULT_DATE}\n\n")
-    if head or system:
-        head = f"<|start_header_id|>system<|end_header_id|>\n\n{head}{(system or '').strip()}<|eot_id|>"
-    return (f"<|begin_of_text|>{head}<|start_header_id|>user<|end_header_id|>\n\n{question.strip()}<|eot_id|>"
-            f"<|start_header_id|>assistant<|end_header_id|>\n\n")
-
-
-DEFAULT_DATE = "26 Jul 2024"  # what a Llama 3.2 template writes when no date_string (and no clock) is given
-
-
-def target(answer: str, chat: dict | None = None) -> str:
-    """What the model should write after the prompt (eos is appended when tokenised);
-    Llama 3 templates trim the assistant's content."""
-    if chat is None:
-        return f"{ANSWER_TAG} {answer}"
-    return answer.strip() if chat["style"] == "llama3" else answer
-
-
-def strip_tag(generation: str) -> str:
-    """The answer a model wrote after the prompt, without its "Answer:" tag
-    (scored without it; `target` puts it back for training)."""
-    text = generation.strip()
-    return text[len(ANSWER_TAG):].strip() if text.startswith(ANSWER_TAG) else text
 
 
 def resolve_data_dir(data_dir: str | Path | None) -> Path:
@@ -157,36 +107,3 @@ def load_split(data_dir: str | Path, name: str, required=("question", "answer"))
     if not rows:
         raise UserError(f"{path} holds no rows.")
     return rows
-
-
-def encode_qa(tokenizer: Tokenizer, questions: list[str], answers: list[str], max_length: int,
-              device="cpu") -> dict[str, torch.Tensor]:
-    """A right-padded training batch: prompt + target + eos, tokenised as one
-    text and cut to max_length; labels are -100 on the prompt (its own length
-    in tokens, as the authors count it) and on padding. A chat model keeps its
-    end-of-turn token last when the text is cut, as the authors' encoding does."""
-    rows, labels = [], []
-    for q, a in zip(questions, answers):
-        p = tokenizer.encode(prompt(q, tokenizer.chat))
-        ids = tokenizer.encode(prompt(q, tokenizer.chat) + target(a, tokenizer.chat)) + [tokenizer.eos_id]
-        lab = [-100] * len(p) + ids[len(p):]
-        if len(ids) > max_length:
-            ids, lab = ids[:max_length], lab[:max_length]
-            if tokenizer.chat is not None:
-                ids[-1] = lab[-1] = tokenizer.eos_id
-        rows.append(ids)
-        labels.append(lab)
-    width = max(map(len, rows))
-    input_ids = torch.full((len(rows), width), tokenizer.pad_id, dtype=torch.long)
-    label_ids = torch.full((len(rows), width), -100, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for b, (ids, lab) in enumerate(zip(rows, labels)):
-        input_ids[b, :len(ids)] = torch.tensor(ids)
-        label_ids[b, :len(lab)] = torch.tensor(lab)
-        mask[b, :len(ids)] = 1
-    return {"input_ids": input_ids.to(device), "attention_mask": mask.to(device), "labels": label_ids.to(device)}
-
-
-def encode_rows(tokenizer: Tokenizer, rows: list[dict], max_length: int, device="cpu") -> dict[str, torch.Tensor]:
-    """encode_qa on the questions and ground-truth answers of TOFU rows."""
-    return encode_qa(tokenizer, [r["question"] for r in rows], [r["answer"] for r in rows], max_length, device)

@@ -18,7 +18,7 @@ import numpy as np
 
 from .data import RETAIN_OF, load_split
 from .model import Transformer
-from .pmc import generate_answers
+from .qa import generate_answers
 from .rouge import rouge_l_recall
 from .tokenizer import Tokenizer
 

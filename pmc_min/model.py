@@ -496,4 +496,9 @@ def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor, reduction: str = 
     return nll.sum() / counted.sum().clamp(min=1)
 
 
-__all__ = ["Config", "ConfigError", "Transformer", "KVCache", "SharedPrefixKV", "causal_lm_loss"]
+def nll(model: Transformer, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Mean NLL of the answer tokens (labels != -100)."""
+    return causal_lm_loss(model(batch["input_ids"], batch["attention_mask"]), batch["labels"])
+
+
+__all__ = ["Config", "ConfigError", "Transformer", "KVCache", "SharedPrefixKV", "causal_lm_loss", "nll"]

@@ -26,28 +26,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .data import encode_qa, prompt, strip_tag
-from .model import Transformer, causal_lm_loss
+from .model import Transformer, nll
+from .qa import encode_qa, generate_answers
 from .rouge import rouge_l_recall
-from .sample import generate_ids
 from .tokenizer import Tokenizer
-
-
-def generate_answers(model: Transformer, tokenizer: Tokenizer, questions: list[str], *, n: int, greedy: bool,
-                     max_length: int, temperature: float = 1.0, top_p: float = 1.0, top_k: int | None = None,
-                     seed: int | None = None, max_batch_tokens: int = 1 << 16,
-                     compile: bool = False) -> list[list[str]]:
-    """n answers per question, prompt "Question: q\\n", the "Answer:" tag
-    stripped; prompt + answer stay within max_length tokens."""
-    prompts = tokenizer.encode_batch([prompt(q, tokenizer.chat) for q in questions])
-    max_new = max(1, max_length - max(map(len, prompts)))
-    was_training = model.training
-    model.eval()
-    ids = generate_ids(model, prompts, n=n, max_new_tokens=max_new, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id,
-                       greedy=greedy, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed,
-                       max_batch_tokens=max_batch_tokens, compile=compile)
-    model.train(was_training)
-    return [[strip_tag(text) for text in tokenizer.decode_batch(per_question)] for per_question in ids]
 
 
 def initial_answers(model: Transformer, tokenizer: Tokenizer, questions: list[str], max_length: int) -> list[str]:
@@ -120,11 +102,6 @@ def collapse_batch(tokenizer: Tokenizer, questions: list[str], picks: list[str],
     """Step 6a: the collapse batch, "Question: q\\n" -> "Answer: pick" + eos.
     It is built from questions and the model's own picks only."""
     return encode_qa(tokenizer, questions, picks, max_length, device)
-
-
-def nll(model: Transformer, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Mean NLL of the answer tokens (labels != -100)."""
-    return causal_lm_loss(model(batch["input_ids"], batch["attention_mask"]), batch["labels"])
 
 
 def pmc_loss(model: Transformer, collapse: dict, retain: dict, lam: float) -> tuple[torch.Tensor, dict]:

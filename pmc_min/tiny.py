@@ -282,7 +282,7 @@ def train_tokenizer(data_dir: Path, vocab_size: int = 1024) -> Tokenizer:
     """A GPT-2-style byte-level BPE trained on the data set's text."""
     from tokenizers import Tokenizer as HFTokenizer, decoders, models, pre_tokenizers, trainers
 
-    from .data import prompt, target
+    from .qa import prompt, target
 
     texts = []
     for name in ("full", "world_facts", "real_authors", "general", "forget10_perturbed"):

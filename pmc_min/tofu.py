@@ -34,10 +34,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .data import encode_qa, load_split
+from .data import load_split
 from .errors import UserError
 from .model import Transformer, causal_lm_loss
-from .pmc import generate_answers
+from .qa import encode_qa, generate_answers
 from .rouge import rouge_l_recall
 from .stats import harmonic_mean, ks_2samp
 from .tokenizer import Tokenizer

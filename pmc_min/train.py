@@ -20,9 +20,9 @@ from tqdm import tqdm
 
 from . import baselines, pmc
 from .checkpoint import build
-from .data import encode_qa, encode_rows
 from .errors import UserError
-from .model import Transformer
+from .model import Transformer, nll
+from .qa import encode_qa, encode_rows
 from .sample import sampling_problems
 from .tokenizer import Tokenizer
 
@@ -160,7 +160,7 @@ def finetune(model: Transformer, tokenizer: Tokenizer, rows: list[dict], *, epoc
             chunk = [rows[j] for j in order[i * batch_size:(i + 1) * batch_size]]
             batch = encode_rows(tokenizer, chunk, max_length, device)
             with autocast(device):
-                loss = pmc.nll(model, batch)
+                loss = nll(model, batch)
             check_finite(loss, f"in fine-tuning epoch {epoch + 1}")
             (loss / grad_accum).backward()
             epoch_loss += loss.item() / micro
@@ -187,7 +187,7 @@ def forget_nll(model: Transformer, tokenizer: Tokenizer, rows: list[dict], max_l
     rows = rows[:limit]
     batch = encode_rows(tokenizer, rows, max_length, model.device)
     with autocast(model.device):
-        return pmc.nll(model, batch).item()
+        return nll(model, batch).item()
 
 
 def reference_logprobs(model: Transformer, tokenizer: Tokenizer, rows: list[dict], cfg: UnlearnConfig) -> torch.Tensor:

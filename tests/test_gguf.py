@@ -11,7 +11,7 @@ import torch
 
 import pmc_min
 from pmc_min import gguf
-from pmc_min.data import prompt
+from pmc_min.qa import prompt
 
 
 def gguf_string(s: str) -> bytes:

@@ -10,7 +10,7 @@ from rouge_score import rouge_scorer
 
 import pmc_min
 from pmc_min import pmc
-from pmc_min.data import encode_qa, strip_tag
+from pmc_min.qa import encode_qa, strip_tag
 from pmc_min.tokenizer import Tokenizer
 from pmc_min.train import UnlearnConfig, unlearn
 from helpers import byte_level_tokenizer, write_hf_phi
