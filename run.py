@@ -26,7 +26,7 @@ from pmc_min import attacks, checkpoint, tiny, tofu
 from pmc_min.data import FORGET_SPLITS, RETAIN_OF, load_split, resolve_data_dir, wikitext_probe
 from pmc_min.tokenizer import chat_format
 from pmc_min.resume import atomic_write_text, latest_checkpoint, load_checkpoint, save_checkpoint
-from pmc_min.sample import sampling_problems
+from pmc_min.sample import Sampling
 from pmc_min.evaluate import SPLITS, eval_sets, evaluate
 from pmc_min.train import METHODS, NonFiniteLoss, UnlearnConfig, finetune, unlearn
 
@@ -184,8 +184,10 @@ def main(argv=None) -> int:
     tiny_default = args.model == "tiny" and not args.data_dir  # the embedded model on its own data
     unlearn_config(args, "tiny" if args.model == "tiny" else "default")  # the command line's values, checked early
     evals = requested_evals(args)
-    if problems := sampling_problems(args.eval_temperature, 1.0, None):
-        raise pmc_min.UserError(f"Bad --eval-temperature: {problems[0]}.")
+    try:
+        Sampling(args.eval_temperature)
+    except ValueError as e:
+        raise pmc_min.UserError(f"Bad --eval-temperature: {str(e).removeprefix('Bad sampling setting: ')}") from None
     if args.probe_text and not Path(args.probe_text).is_file():
         raise pmc_min.UserError(f"--probe-text {args.probe_text} does not exist.")
     if (args.finetune_epochs or 0) < 0 or args.save_every < 0 or (args.limit is not None and args.limit < 1):
@@ -357,8 +359,8 @@ def robustness(model, tokenizer, evals: list[str], args, cfg, data_dir: Path, fo
                perturbed_rows: list[dict], probe: list[str] | None, token_set, base_probs=None) -> dict:
     """The requested robustness evaluations of one model (attacks.py)."""
     m = args.eval_samples or (16 if args.model == "tiny" else 100)
-    sampling = dict(m=m, temperature=args.eval_temperature, top_p=cfg.top_p, top_k=cfg.top_k,
-                    max_length=cfg.max_length, seed=args.seed)
+    sampling = dict(m=m, sampling=Sampling(args.eval_temperature, cfg.top_p, cfg.top_k), max_length=cfg.max_length,
+                    seed=args.seed)
     questions, answers = [r["question"] for r in forget_rows], [r["answer"] for r in forget_rows]
     out = {}
     if "leakage" in evals:

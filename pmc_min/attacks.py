@@ -23,16 +23,16 @@ import torch
 from .model import Transformer, causal_lm_loss
 from .qa import complete, encode_qa, generate_answers, prompt
 from .rouge import rouge_l_recall
+from .sample import Sampling
 from .tokenizer import Tokenizer
 
 PREFILL = "The answer is: "  # the authors' prefix, tokenised alone without special tokens
 
 
 def leakage(model: Transformer, tokenizer: Tokenizer, questions: list[str], answers: list[str], *, m: int,
-            temperature: float, top_p: float, top_k: int | None, max_length: int, seed: int = 0) -> dict:
-    samples = generate_answers(model, tokenizer, questions, n=m, greedy=False, max_length=max_length,
-                               temperature=temperature, top_p=top_p, top_k=top_k, seed=seed)
-    return {**worst_case(answers, samples), "samples_per_question": m, "temperature": temperature}
+            sampling: Sampling, max_length: int, seed: int = 0) -> dict:
+    samples = generate_answers(model, tokenizer, questions, n=m, max_length=max_length, sampling=sampling, seed=seed)
+    return {**worst_case(answers, samples), "samples_per_question": m, "temperature": sampling.temperature}
 
 
 def worst_case(answers: list[str], samples: list[list[str]]) -> dict:
@@ -49,15 +49,14 @@ def prefill_prompts(tokenizer: Tokenizer, questions: list[str]) -> list[list[int
 
 
 def prefill(model: Transformer, tokenizer: Tokenizer, questions: list[str], answers: list[str], *, m: int,
-            temperature: float, top_p: float, top_k: int | None, max_length: int, seed: int = 0) -> dict:
+            sampling: Sampling, max_length: int, seed: int = 0) -> dict:
     """The greedy answer and m samples after the forced start, each scored on what the model
     wrote after the prefix."""
     ids = prefill_prompts(tokenizer, questions)
-    greedy = [texts[0] for texts in complete(model, tokenizer, ids, n=1, greedy=True, max_length=max_length)]
-    sampled = complete(model, tokenizer, ids, n=m, greedy=False, max_length=max_length, temperature=temperature,
-                       top_p=top_p, top_k=top_k, seed=seed)
+    greedy = [texts[0] for texts in complete(model, tokenizer, ids, n=1, max_length=max_length)]
+    sampled = complete(model, tokenizer, ids, n=m, max_length=max_length, sampling=sampling, seed=seed)
     return {"rouge_l_recall": float(np.mean([rouge_l_recall(a, w) for a, w in zip(answers, greedy)])),
-            **worst_case(answers, sampled), "samples_per_question": m, "temperature": temperature,
+            **worst_case(answers, sampled), "samples_per_question": m, "temperature": sampling.temperature,
             "examples": [{"question": q, "generated": w} for q, w in list(zip(questions, greedy))[:3]]}
 
 
@@ -146,10 +145,9 @@ def fact_share(facts: list[list[str]], texts: list[list[str]]) -> float:
     return found / total if total else 0.0
 
 
-def factleak(model: Transformer, tokenizer: Tokenizer, rows: list[dict], *, m: int, temperature: float,
-             top_p: float, top_k: int | None, max_length: int, seed: int = 0) -> dict:
+def factleak(model: Transformer, tokenizer: Tokenizer, rows: list[dict], *, m: int, sampling: Sampling,
+             max_length: int, seed: int = 0) -> dict:
     questions, facts = [r["question"] for r in rows], [facts_of(r) for r in rows]
-    greedy = generate_answers(model, tokenizer, questions, n=1, greedy=True, max_length=max_length)
-    samples = generate_answers(model, tokenizer, questions, n=m, greedy=False, max_length=max_length,
-                               temperature=temperature, top_p=top_p, top_k=top_k, seed=seed)
+    greedy = generate_answers(model, tokenizer, questions, n=1, max_length=max_length)
+    samples = generate_answers(model, tokenizer, questions, n=m, max_length=max_length, sampling=sampling, seed=seed)
     return {"greedy": fact_share(facts, greedy), f"any_of_{m}_samples": fact_share(facts, samples)}

@@ -48,7 +48,7 @@ def evaluate(model: Transformer, tokenizer: Tokenizer, sets: dict, max_length: i
     """Greedy answers on every split; ROUGE-L recall vs the ground truth; the two summary numbers."""
     rouge, shown = {}, {}
     for name, (questions, answers) in sets.items():
-        generated = [g[0] for g in generate_answers(model, tokenizer, questions, n=1, greedy=True,
+        generated = [g[0] for g in generate_answers(model, tokenizer, questions, n=1,
                                                      max_length=max_length)]
         rouge[name] = float(np.mean([rouge_l_recall(a, g) for a, g in zip(answers, generated)]))
         shown[name] = [{"question": q, "answer": a, "generated": g}

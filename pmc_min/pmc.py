@@ -29,20 +29,20 @@ import torch
 from .model import Transformer, nll
 from .qa import encode_qa, generate_answers
 from .rouge import rouge_l_recall
+from .sample import Sampling
 from .tokenizer import Tokenizer
 
 
 def initial_answers(model: Transformer, tokenizer: Tokenizer, questions: list[str], max_length: int) -> list[str]:
     """Step 1: y0, the original model's greedy answer to every forget question."""
-    return [a[0] for a in generate_answers(model, tokenizer, questions, n=1, greedy=True, max_length=max_length)]
+    return [a[0] for a in generate_answers(model, tokenizer, questions, n=1, max_length=max_length)]
 
 
-def sample_answers(model: Transformer, tokenizer: Tokenizer, questions: list[str], n: int, temperature: float,
-                   top_p: float, top_k: int | None, max_length: int, seed: int | None = None,
-                   compile: bool = False) -> list[list[str]]:
+def sample_answers(model: Transformer, tokenizer: Tokenizer, questions: list[str], n: int, sampling: Sampling,
+                   max_length: int, seed: int | None = None, compile: bool = False) -> list[list[str]]:
     """Step 2: n answers per question from the current model."""
-    return generate_answers(model, tokenizer, questions, n=n, greedy=False, max_length=max_length,
-                            temperature=temperature, top_p=top_p, top_k=top_k, seed=seed, compile=compile)
+    return generate_answers(model, tokenizer, questions, n=n, max_length=max_length, sampling=sampling, seed=seed,
+                            compile=compile)
 
 
 def score(sample: str, y0: str, min_len: int = 0) -> float:
@@ -83,14 +83,13 @@ class BestSoFar:
 
 
 def resample(model: Transformer, tokenizer: Tokenizer, cache: BestSoFar, batch: list[int], questions: list[str],
-             y0: list[str], *, n: int, temperature: float, top_p: float, top_k: int | None, max_length: int,
-             min_len: int = 0, seed: int | None = None, compile: bool = False) -> None:
+             y0: list[str], *, n: int, sampling: Sampling, max_length: int, min_len: int = 0,
+             seed: int | None = None, compile: bool = False) -> None:
     """Steps 2-5 for one batch of forget questions (indices into questions/y0)."""
     todo = [q for q in batch if cache.needs_sampling(q)]
     if not todo:
         return
-    samples = sample_answers(model, tokenizer, [questions[q] for q in todo], n, temperature, top_p, top_k,
-                             max_length, seed, compile)
+    samples = sample_answers(model, tokenizer, [questions[q] for q in todo], n, sampling, max_length, seed, compile)
     for q, candidates in zip(todo, samples):
         scores = [score(x, y0[q], min_len) for x in candidates]
         best = select(scores)

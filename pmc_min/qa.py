@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 
 from .model import Transformer
-from .sample import generate_ids
+from .sample import Sampling, generate_ids
 from .tokenizer import Tokenizer
 
 ANSWER_TAG = "Answer:"
@@ -94,24 +94,23 @@ def encode_rows(tokenizer: Tokenizer, rows: list[dict], max_length: int, device=
     return encode_qa(tokenizer, [r["question"] for r in rows], [r["answer"] for r in rows], max_length, device)
 
 
-def complete(model: Transformer, tokenizer: Tokenizer, prompts: list[list[int]], *, n: int, greedy: bool,
-             max_length: int, temperature: float = 1.0, top_p: float = 1.0, top_k: int | None = None,
-             seed: int | None = None, max_batch_tokens: int = 1 << 16, compile: bool = False) -> list[list[str]]:
-    """n decoded completions of each tokenised prompt, prompt + completion within max_length
-    tokens, in eval mode (the model's mode is restored)."""
+def complete(model: Transformer, tokenizer: Tokenizer, prompts: list[list[int]], *, n: int, max_length: int,
+             sampling: Sampling | None = None, seed: int | None = None, max_batch_tokens: int = 1 << 16,
+             compile: bool = False) -> list[list[str]]:
+    """n decoded completions of each tokenised prompt (greedy, one, without `sampling`),
+    prompt + completion within max_length tokens, in eval mode (the model's mode is restored)."""
     max_new = max(1, max_length - max(map(len, prompts)))
     was_training = model.training
     model.eval()
     ids = generate_ids(model, prompts, n=n, max_new_tokens=max_new, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id,
-                       greedy=greedy, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed,
-                       max_batch_tokens=max_batch_tokens, compile=compile)
+                       sampling=sampling, seed=seed, max_batch_tokens=max_batch_tokens, compile=compile)
     model.train(was_training)
     return [tokenizer.decode_batch(per_prompt) for per_prompt in ids]
 
 
-def generate_answers(model: Transformer, tokenizer: Tokenizer, questions: list[str], *, n: int, greedy: bool,
-                     max_length: int, **sampling) -> list[list[str]]:
+def generate_answers(model: Transformer, tokenizer: Tokenizer, questions: list[str], *, n: int, max_length: int,
+                     **settings) -> list[list[str]]:
     """n answers per question (`complete`'s settings), the "Answer:" tag stripped."""
     prompts = tokenizer.encode_batch([prompt(q, tokenizer.chat) for q in questions])
     return [[strip_tag(text) for text in texts]
-            for texts in complete(model, tokenizer, prompts, n=n, greedy=greedy, max_length=max_length, **sampling)]
+            for texts in complete(model, tokenizer, prompts, n=n, max_length=max_length, **settings)]

@@ -14,6 +14,7 @@ only every few steps. Large jobs are cut into batches by a token budget.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 
@@ -34,8 +35,21 @@ def sampling_problems(temperature: float, top_p: float, top_k: int | None) -> li
     return problems
 
 
-def filter_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
-                  top_p: float = 1.0) -> torch.Tensor:
+@dataclass(frozen=True)
+class Sampling:
+    """How an answer is drawn: temperature, then top-k, then top-p, as HF's
+    warpers chain them (top_k None or 0: no top-k). It checks itself when made.
+    Where a function takes `sampling=None`, None means greedy decoding."""
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int | None = None
+
+    def __post_init__(self) -> None:
+        if problems := sampling_problems(self.temperature, self.top_p, self.top_k):
+            raise ValueError(f"Bad sampling setting: {'; '.join(problems)}.")
+
+
+def filter_logits(logits: torch.Tensor, sampling: Sampling) -> torch.Tensor:
     """Temperature, then top-k, then top-p (nucleus), as HF's
     Temperature/TopK/TopPLogitsWarper chain: removed tokens become -inf.
     Top-k keeps every token at least as large as the k-th. Top-p sorts the
@@ -45,6 +59,7 @@ def filter_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int | N
 
     Only the k largest logits are sorted (torch.topk), not the whole vocabulary:
     after top-k nothing else has mass but ties of the k-th. Without top-k, k = V."""
+    temperature, top_k, top_p = sampling.temperature, sampling.top_k, sampling.top_p
     if temperature != 1.0:
         logits = logits / temperature
     V = logits.shape[-1]
@@ -83,12 +98,11 @@ def draw(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch
     return torch.searchsorted(cdf, u, right=True).squeeze(-1).clamp(max=probs.shape[-1] - 1)
 
 
-def pick_next(logits: torch.Tensor, greedy: bool, temperature: float, top_k: int | None, top_p: float,
-              generator: torch.Generator | None) -> torch.Tensor:
+def pick_next(logits: torch.Tensor, sampling: Sampling | None, generator: torch.Generator | None) -> torch.Tensor:
     logits = logits.float()
-    if greedy:
+    if sampling is None:
         return logits.argmax(dim=-1)
-    return draw(filter_logits(logits, temperature, top_k, top_p).softmax(dim=-1), generator)
+    return draw(filter_logits(logits, sampling).softmax(dim=-1), generator)
 
 
 SHAPE_STEP = 64
@@ -100,8 +114,8 @@ def round_up(x: int, step: int) -> int:
 
 @torch.inference_mode()
 def generate_batch(model: Transformer, prompts: list[list[int]], n: int, max_new_tokens: int, eos_id: int,
-                   pad_id: int, greedy: bool = False, temperature: float = 1.0, top_k: int | None = None,
-                   top_p: float = 1.0, generator: torch.Generator | None = None, sync_every: int = 8,
+                   pad_id: int, sampling: Sampling | None = None, generator: torch.Generator | None = None,
+                   sync_every: int = 8,
                    decode=None, static: bool | None = None) -> list[list[int]]:
     """n completions for each prompt of one batch (rows prompt-major), each cut
     before its first eos. Each prompt is prefilled once; its n sample rows then
@@ -140,7 +154,7 @@ def generate_batch(model: Transformer, prompts: list[list[int]], n: int, max_new
         pos = torch.tensor([P], device=device) if static else None  # a static step's slot, as data
         step = model if decode is None else decode
         for t in range(max_new_tokens):
-            token = pick_next(logits, greedy, temperature, top_k, top_p, generator)
+            token = pick_next(logits, sampling, generator)
             token = token.masked_fill(done, pad_id)  # finished rows keep emitting pad
             out[:, t] = token
             done |= token == eos_id
@@ -170,23 +184,22 @@ def compiled_decode(model: Transformer):
 
 
 def generate_ids(model: Transformer, prompts: list[list[int]], *, n: int = 1, max_new_tokens: int = 200,
-                 eos_id: int, pad_id: int, greedy: bool = False, temperature: float = 1.0,
-                 top_k: int | None = None, top_p: float = 1.0, seed: int | None = None,
+                 eos_id: int, pad_id: int, sampling: Sampling | None = None, seed: int | None = None,
                  max_batch_tokens: int = 1 << 16, compile: bool = False) -> list[list[list[int]]]:
-    """n completions (token ids, cut before eos) for each prompt.
+    """n completions (token ids, cut before eos) for each prompt; greedy (one each) without `sampling`.
 
     Prompts are sorted by length (less padding) and cut into batches of at
     most max_batch_tokens cache slots (n rows of prompt + new tokens each)."""
     if any(len(p) == 0 for p in prompts):
         raise ValueError("Every prompt needs at least one token.")
-    problems = [] if greedy else sampling_problems(temperature, top_p, top_k)
+    problems = []
     if n < 1:
         problems.append(f"n must be at least 1, not {n}")
     if max_new_tokens < 0:
         problems.append(f"max_new_tokens must not be negative, not {max_new_tokens}")
     if problems:
         raise ValueError(f"Bad sampling setting: {'; '.join(problems)}.")
-    if greedy:
+    if sampling is None:
         n = 1
     generator = None
     if seed is not None:
@@ -199,8 +212,8 @@ def generate_ids(model: Transformer, prompts: list[list[int]], *, n: int = 1, ma
         width = n * (len(prompts[order[start]]) + max_new_tokens)  # the longest prompt of a batch comes first
         size = max(1, min(len(order) - start, max_batch_tokens // width))
         batch = order[start:start + size]
-        outs = generate_batch(model, [prompts[i] for i in batch], n, max_new_tokens, eos_id, pad_id, greedy,
-                              temperature, top_k, top_p, generator, decode=decode)
+        outs = generate_batch(model, [prompts[i] for i in batch], n, max_new_tokens, eos_id, pad_id, sampling,
+                              generator, decode=decode)
         for j, i in enumerate(batch):
             results[i] = outs[j * n:(j + 1) * n]
         start += size
@@ -208,11 +221,10 @@ def generate_ids(model: Transformer, prompts: list[list[int]], *, n: int = 1, ma
 
 
 def generate(model: Transformer, tokenizer: Tokenizer, prompts: list[str], *, n: int = 1,
-             max_new_tokens: int = 200, temperature: float = 1.0, top_p: float = 1.0, top_k: int | None = None,
-             greedy: bool = False, seed: int | None = None, max_batch_tokens: int = 1 << 16,
-             compile: bool = False) -> list[list[str]]:
-    """n decoded answers for each prompt (one list per prompt)."""
+             max_new_tokens: int = 200, sampling: Sampling | None = None, seed: int | None = None,
+             max_batch_tokens: int = 1 << 16, compile: bool = False) -> list[list[str]]:
+    """n decoded answers for each prompt (one list per prompt); greedy without `sampling`."""
     ids = generate_ids(model, tokenizer.encode_batch(prompts), n=n, max_new_tokens=max_new_tokens,
-                       eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id, greedy=greedy, temperature=temperature,
-                       top_k=top_k, top_p=top_p, seed=seed, max_batch_tokens=max_batch_tokens, compile=compile)
+                       eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id, sampling=sampling, seed=seed,
+                       max_batch_tokens=max_batch_tokens, compile=compile)
     return [tokenizer.decode_batch(per_prompt) for per_prompt in ids]

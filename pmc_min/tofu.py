@@ -118,7 +118,7 @@ def evaluate(model: Transformer, tokenizer: Tokenizer, sets: dict[str, list[dict
     splits, forget_tr = {}, None
     for name, rows in sets.items():
         losses = item_losses(model, tokenizer, rows, max_length)
-        generated = generate_answers(model, tokenizer, [r["question"] for r in rows], n=1, greedy=True,
+        generated = generate_answers(model, tokenizer, [r["question"] for r in rows], n=1,
                                      max_length=max_length)
         rouge = float(np.mean([rouge_l_recall(r["answer"], g[0]) for r, g in zip(rows, generated)]))
         splits[name] = split_metrics(name, losses, rouge)

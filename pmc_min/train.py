@@ -23,7 +23,7 @@ from .checkpoint import build
 from .errors import UserError
 from .model import Transformer, nll
 from .qa import encode_qa, encode_rows
-from .sample import sampling_problems
+from .sample import Sampling
 from .tokenizer import Tokenizer
 
 METHODS = ("pmc", "ga", "gd", "idk", "npo", "simnpo")
@@ -53,11 +53,19 @@ class UnlearnConfig:
     simnpo_gamma: float = 0.0
     seed: int = 0
 
+    @property
+    def sampling(self) -> Sampling:
+        """PMC's draws (step 2)."""
+        return Sampling(self.temperature, self.top_p, self.top_k)
+
     def validate(self) -> None:
         problems = []
         if self.method not in METHODS:
             problems.append(f"method must be one of {', '.join(METHODS)}, not {self.method!r}")
-        problems += sampling_problems(self.temperature, self.top_p, self.top_k)
+        try:
+            self.sampling
+        except ValueError as e:
+            problems.append(str(e).removeprefix("Bad sampling setting: ").removesuffix("."))
         if self.n_samples < 1:
             problems.append(f"n (samples per question) must be at least 1, not {self.n_samples}")
         if not self.lam >= 0:
@@ -268,8 +276,7 @@ def unlearn(model: Transformer, tokenizer: Tokenizer, forget_rows: list[dict], r
             if cfg.method == "pmc":
                 if sampler is not model:
                     sampler.load_weights_from(model)
-                pmc.resample(sampler, tokenizer, cache, idx, questions, y0, n=cfg.n_samples,
-                             temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
+                pmc.resample(sampler, tokenizer, cache, idx, questions, y0, n=cfg.n_samples, sampling=cfg.sampling,
                              max_length=cfg.max_length, min_len=cfg.min_len, seed=cfg.seed * 1_000_003 + step * 997 + i,
                              compile=cfg.compile)
                 parts.setdefault("picked_rouge_l", []).extend(cache.scores[q] for q in idx)

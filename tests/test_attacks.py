@@ -5,6 +5,7 @@ import pytest
 
 import pmc_min
 from pmc_min import attacks
+from pmc_min.sample import Sampling
 from helpers import write_hf_phi
 
 QUESTIONS = ["Where was Ana Lind born?", "Which book did Ana Lind write?"]
@@ -22,10 +23,10 @@ def test_a_model_that_answers_the_ground_truth_leaks_one(monkeypatch):
     truth = dict(zip(QUESTIONS, ANSWERS))
     monkeypatch.setattr(attacks, "generate_answers",
                         lambda model, tok, qs, n, **k: [["unrelated words"] * (n - 1) + [truth[q]] for q in qs])
-    r = attacks.leakage(None, None, QUESTIONS, ANSWERS, m=5, temperature=1.0, top_p=1.0, top_k=None, max_length=50)
+    r = attacks.leakage(None, None, QUESTIONS, ANSWERS, m=5, sampling=Sampling(), max_length=50)
     assert r["mean_max_rouge_l_recall"] == 1.0 and r["mean_rouge_l_recall"] == 0.2  # 1 of 5 samples is the truth
     monkeypatch.setattr(attacks, "generate_answers", lambda model, tok, qs, n, **k: [["unrelated words"] * n] * len(qs))
-    r = attacks.leakage(None, None, QUESTIONS, ANSWERS, m=5, temperature=1.0, top_p=1.0, top_k=None, max_length=50)
+    r = attacks.leakage(None, None, QUESTIONS, ANSWERS, m=5, sampling=Sampling(), max_length=50)
     assert r["mean_max_rouge_l_recall"] == 0.0 == r["mean_rouge_l_recall"]
 
 

@@ -275,7 +275,7 @@ def test_llama_logits_loss_gradients_and_greedy_match_transformers(tmp_path, nam
     hf_ids = torch.tensor([[0] * (P - len(p)) + p for p in prompts])
     hf_out = hf.generate(input_ids=hf_ids, attention_mask=(hf_ids != 0).long(), do_sample=False, max_new_tokens=12,
                          eos_token_id=None, pad_token_id=0, top_k=None, top_p=None, temperature=None)
-    ours_out = generate_ids(ours, prompts, greedy=True, max_new_tokens=12, eos_id=-1, pad_id=0)
+    ours_out = generate_ids(ours, prompts, max_new_tokens=12, eos_id=-1, pad_id=0)
     assert [o[0] for o in ours_out] == hf_out[:, P:].tolist()
 
     pmc_min.save(ours, tok, tmp_path / "saved")  # round trip through transformers

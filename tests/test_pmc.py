@@ -11,6 +11,7 @@ from rouge_score import rouge_scorer
 import pmc_min
 from pmc_min import pmc
 from pmc_min.qa import encode_qa, strip_tag
+from pmc_min.sample import Sampling
 from pmc_min.tokenizer import Tokenizer
 from pmc_min.train import UnlearnConfig, unlearn
 from helpers import byte_level_tokenizer, write_hf_phi
@@ -97,8 +98,8 @@ def test_picks_and_scores_equal_the_authors_sample_responses(n, min_len, data):
         with pytest.MonkeyPatch.context() as mp:
             mp.setattr(pmc, "sample_answers", lambda model, tok, qs, *a, **k: [candidates[int(q[1:])] for q in qs])
             for batch in (order[:4], order[4:]):
-                pmc.resample(None, None, cache, list(batch), questions, y0, n=n, temperature=1.0, top_p=1.0,
-                             top_k=None, max_length=10, min_len=min_len)
+                pmc.resample(None, None, cache, list(batch), questions, y0, n=n, sampling=Sampling(),
+                             max_length=10, min_len=min_len)
                 authors_sample_responses(list(batch), y0, theirs, candidates, min_len)
         assert cache.answers == {q: v["answer"] for q, v in theirs.items()}
         assert cache.scores == {q: pytest.approx(v["score"], abs=1e-15) for q, v in theirs.items()}
@@ -108,12 +109,12 @@ def test_resample_stores_the_least_similar_sample(monkeypatch):
     samples = {"q0": ["a b c", "x y", "a b"], "q1": ["z", "z z"]}
     monkeypatch.setattr(pmc, "sample_answers", lambda model, tok, qs, *a, **k: [samples[q] for q in qs])
     cache = pmc.BestSoFar()
-    pmc.resample(None, None, cache, [0, 1], ["q0", "q1"], ["a b c", "q"], n=3, temperature=1.0, top_p=1.0,
-                 top_k=None, max_length=10)
+    pmc.resample(None, None, cache, [0, 1], ["q0", "q1"], ["a b c", "q"], n=3, sampling=Sampling(),
+                 max_length=10)
     assert cache.answers == {0: "x y", 1: "z"} and cache.scores == {0: 0.0, 1: 0.0}
     samples["q0"] = ["a b c"]  # would score 1.0, but q0 is settled at 0 and not resampled
-    pmc.resample(None, None, cache, [0, 1], ["q0", "q1"], ["a b c", "q"], n=1, temperature=1.0, top_p=1.0,
-                 top_k=None, max_length=10)
+    pmc.resample(None, None, cache, [0, 1], ["q0", "q1"], ["a b c", "q"], n=1, sampling=Sampling(),
+                 max_length=10)
     assert cache.answers[0] == "x y"
 
 

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 import pmc_min
 from pmc_min import attacks, baselines, qa
 from pmc_min.qa import encode_qa, prompt
+from pmc_min.sample import Sampling
 from pmc_min.tokenizer import Tokenizer, chat_format
 from pmc_min.train import RunLength, UnlearnConfig, unlearn
 from helpers import byte_level_tokenizer, write_hf_phi
@@ -108,9 +109,9 @@ def test_prefill_follows_the_prompt_with_no_answer_tag(tmp_path, monkeypatch):
     seen = []
     real = qa.generate_ids
     monkeypatch.setattr(qa, "generate_ids", lambda m, prompts, **k: seen.append((prompts, k)) or real(m, prompts, **k))
-    r = attacks.prefill(model, tok, questions, ["In Tampere.", "The Salt Bridge."], m=3, temperature=1.0, top_p=0.95,
-                        top_k=50, max_length=40)
-    assert [p for p, _ in seen] == [ids, ids] and seen[0][1]["greedy"] and seen[1][1]["n"] == 3
+    r = attacks.prefill(model, tok, questions, ["In Tampere.", "The Salt Bridge."], m=3,
+                        sampling=Sampling(1.0, 0.95, 50), max_length=40)
+    assert [p for p, _ in seen] == [ids, ids] and seen[0][1]["sampling"] is None and seen[1][1]["n"] == 3
     assert {"rouge_l_recall", "mean_max_rouge_l_recall"} <= set(r) and r["samples_per_question"] == 3
 
 

@@ -9,7 +9,7 @@ from hypothesis import given, strategies as st
 from transformers.generation.logits_process import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
 import pmc_min
-from pmc_min.sample import draw, filter_logits, generate_ids
+from pmc_min.sample import Sampling, draw, filter_logits, generate_ids
 from helpers import write_hf_phi
 
 PROMPTS = [[5, 17, 42, 9, 77, 3, 120], [8, 2], [33, 44, 55, 66], [200, 13, 7, 250, 31, 90, 11, 4, 19, 23], [61]]
@@ -47,10 +47,10 @@ def test_greedy_is_token_identical_to_transformers_with_early_eos(tiny):
     eos, expected = early_eos_case(hf, 24)
     lengths = sorted(map(len, expected))
     assert lengths[0] < lengths[1] < 24 and len(set(lengths)) >= 3
-    got = generate_ids(model, PROMPTS, greedy=True, max_new_tokens=24, eos_id=eos, pad_id=0)
+    got = generate_ids(model, PROMPTS, max_new_tokens=24, eos_id=eos, pad_id=0)
     assert [g[0] for g in got] == expected
     # Cut into many small batches by the token budget: still identical.
-    small = generate_ids(model, PROMPTS, greedy=True, max_new_tokens=24, eos_id=eos, pad_id=0, max_batch_tokens=40)
+    small = generate_ids(model, PROMPTS, max_new_tokens=24, eos_id=eos, pad_id=0, max_batch_tokens=40)
     assert [g[0] for g in small] == expected
 
 
@@ -67,7 +67,7 @@ def test_filter_equals_transformers_warpers(vocab, temperature, top_k, top_p, se
         warpers.append(TopPLogitsWarper(top_p))
     for w in warpers:
         expected = w(None, expected)
-    got = filter_logits(logits, temperature, top_k, top_p)
+    got = filter_logits(logits, Sampling(temperature, top_p, top_k))
     assert torch.equal(got[1:], expected[1:])  # no ties: identical
     # Where equal logits straddle the top-p cut, HF keeps those its unstable sort happens
     # to put last, pmc_min those with the highest indices: as many of each value.
@@ -77,10 +77,10 @@ def test_filter_equals_transformers_warpers(vocab, temperature, top_k, top_p, se
 def test_top_p_keeps_the_last_of_equal_logits():
     # Four equal tokens, p = 0.5: the two whose ascending cumulative probability is
     # <= 0.5 go; with equal logits ordered by index, those are the first two.
-    got = filter_logits(torch.zeros(1, 4), top_p=0.5)
+    got = filter_logits(torch.zeros(1, 4), Sampling(top_p=0.5))
     assert got.isfinite().tolist() == [[False, False, True, True]]
     # The same behind top-k, with ties of the k-th beyond the k listed.
-    got = filter_logits(torch.tensor([[3.0, 0, 0, 0, 0, -1]]), top_k=2, top_p=0.9)
+    got = filter_logits(torch.tensor([[3.0, 0, 0, 0, 0, -1]]), Sampling(top_k=2, top_p=0.9))
     expected = TopPLogitsWarper(0.9)(None, TopKLogitsWarper(2)(None, torch.tensor([[3.0, 0, 0, 0, 0, -1]])))
     assert got.isfinite().sum() == expected.isfinite().sum() == 3 and got[0, 3:5].isfinite().all()
 
@@ -95,7 +95,7 @@ def chi_square(counts: torch.Tensor, probs: torch.Tensor) -> float:
 
 def test_draw_frequencies_match_the_filtered_distribution():
     logits = torch.tensor([[2.0, 1.5, 1.0, 0.5, 0.0, -1.0, -2.0, -3.0]])
-    probs = filter_logits(logits, temperature=1.25, top_p=0.9).softmax(-1)[0]  # 5 tokens survive
+    probs = filter_logits(logits, Sampling(temperature=1.25, top_p=0.9)).softmax(-1)[0]  # 5 tokens survive
     kept = probs > 0
     assert int(kept.sum()) == 5
     g = torch.Generator().manual_seed(0)
@@ -110,8 +110,8 @@ def test_generated_first_tokens_follow_the_model_distribution(tiny):
     prompt = PROMPTS[0]
     with torch.no_grad():
         logits = hf(input_ids=torch.tensor([prompt])).logits[:, -1]
-    probs = filter_logits(logits, temperature=1.3, top_k=10, top_p=1.0).softmax(-1)[0].double()
-    out = generate_ids(model, [prompt], n=3000, max_new_tokens=1, eos_id=-1, pad_id=0, temperature=1.3, top_k=10,
+    probs = filter_logits(logits, Sampling(temperature=1.3, top_k=10, top_p=1.0)).softmax(-1)[0].double()
+    out = generate_ids(model, [prompt], n=3000, max_new_tokens=1, eos_id=-1, pad_id=0, sampling=Sampling(temperature=1.3, top_k=10),
                        seed=1)
     counts = torch.bincount(torch.tensor([o[0] for o in out[0]]), minlength=probs.numel()).double()
     kept = probs > 0
@@ -121,7 +121,7 @@ def test_generated_first_tokens_follow_the_model_distribution(tiny):
 
 def test_seeded_sampling_is_deterministic(tiny):
     _, model = tiny
-    kw = dict(n=3, max_new_tokens=12, eos_id=-1, pad_id=0, temperature=1.25, top_p=0.95, top_k=50)
+    kw = dict(n=3, max_new_tokens=12, eos_id=-1, pad_id=0, sampling=Sampling(1.25, 0.95, 50))
     a = generate_ids(model, PROMPTS, seed=7, **kw)
     assert a == generate_ids(model, PROMPTS, seed=7, **kw)
     assert a != generate_ids(model, PROMPTS, seed=8, **kw)
@@ -139,7 +139,8 @@ def test_seeded_sampling_is_deterministic(tiny):
 def test_bad_sampling_settings_fail_in_one_sentence(tiny, setting, message):
     _, model = tiny
     with pytest.raises(ValueError, match=rf"^Bad sampling setting: {message}\.$"):
-        generate_ids(model, PROMPTS, eos_id=0, pad_id=0, seed=0, **{"max_new_tokens": 4, **setting})
+        sampling = Sampling(**{k: setting.pop(k) for k in ("temperature", "top_p", "top_k") if k in setting})
+        generate_ids(model, PROMPTS, eos_id=0, pad_id=0, seed=0, sampling=sampling, **{"max_new_tokens": 4, **setting})
 
 
 def test_generate_decodes_strings(tiny, tmp_path):
@@ -148,7 +149,7 @@ def test_generate_decodes_strings(tiny, tmp_path):
     from pmc_min.tokenizer import Tokenizer
     tok = Tokenizer(byte_level_tokenizer(), "<|endoftext|>")
     out = pmc_min.generate(model, tok, ["Question: Where?\n", "Hi"], n=2, max_new_tokens=5, seed=0,
-                           temperature=1.25, top_p=0.95)
+                           sampling=Sampling(temperature=1.25, top_p=0.95))
     assert len(out) == 2 and all(len(o) == 2 and all(isinstance(s, str) for s in o) for o in out)
 
 
@@ -157,7 +158,7 @@ def test_n_samples_share_one_prefill_exactly(tiny):
     # shared prefill must then write transformers' greedy continuation.
     hf, model = tiny
     expected = hf_greedy(hf, PROMPTS, 16, eos_id=-1)
-    got = generate_ids(model, PROMPTS, n=3, max_new_tokens=16, eos_id=-1, pad_id=0, temperature=1.25, top_k=1,
+    got = generate_ids(model, PROMPTS, n=3, max_new_tokens=16, eos_id=-1, pad_id=0, sampling=Sampling(1.25, top_k=1),
                        seed=0, max_batch_tokens=120)
     assert got == [[e] * 3 for e in expected]
 
@@ -212,23 +213,23 @@ def test_samples_sharing_a_prompt_decode_like_transformers(kv_heads, mode, tmp_p
     counters = torch._dynamo.utils.counters
     counters.clear()
     static = mode in ("static", "static-compiled", "cuda-graphs")
-    got = generate_batch(model, PROMPTS, n=3, max_new_tokens=20, eos_id=eos, pad_id=0, greedy=True, decode=decode,
+    got = generate_batch(model, PROMPTS, n=3, max_new_tokens=20, eos_id=eos, pad_id=0, decode=decode,
                          static=static)
     assert got == [row for row in expected for _ in range(3)]
     assert len(model.kept_cache) == (4 * 2 if static else 0)
     if static:  # static shapes keep their cache: the next call of these shapes reuses it
         kept = {k: t.data_ptr() for k, t in model.kept_cache.items()}
-        assert generate_batch(model, PROMPTS, n=3, max_new_tokens=20, eos_id=eos, pad_id=0, greedy=True,
+        assert generate_batch(model, PROMPTS, n=3, max_new_tokens=20, eos_id=eos, pad_id=0,
                               decode=decode, static=static) == got
         assert {k: t.data_ptr() for k, t in model.kept_cache.items()} == kept
     if mode == "compiled":  # on a CPU, other batch sizes and prompt lengths reuse the compiled step
         graphs = counters["stats"]["unique_graphs"]
         fewer = PROMPTS[:3]  # 3 prompts of at most 7 tokens, against 5 of at most 10
-        got = generate_batch(model, fewer, n=3, max_new_tokens=20, eos_id=eos, pad_id=0, greedy=True, decode=decode)
+        got = generate_batch(model, fewer, n=3, max_new_tokens=20, eos_id=eos, pad_id=0, decode=decode)
         assert got == [row for row in hf_greedy(hf, fewer, 20, eos_id=eos) for _ in range(3)]
         assert counters["stats"]["unique_graphs"] == graphs > 0
     if mode == "cuda-graphs":  # batches of other shapes, each captured anew on its own cache
         assert counters["inductor"]["cudagraph_skips"] == 0  # the kept cache is written in place, not copied
-        got = generate_ids(model, PROMPTS, max_new_tokens=20, eos_id=eos, pad_id=0, greedy=True, compile=True,
+        got = generate_ids(model, PROMPTS, max_new_tokens=20, eos_id=eos, pad_id=0, compile=True,
                            max_batch_tokens=60)
         assert [g[0] for g in got] == expected

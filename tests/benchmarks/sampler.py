@@ -17,7 +17,7 @@ import torch
 from transformers import PhiConfig, PhiForCausalLM
 
 import pmc_min
-from pmc_min.sample import generate_ids
+from pmc_min.sample import Sampling, generate_ids
 
 SIZES = {
     "tiny": dict(vocab_size=1024, hidden_size=256, intermediate_size=1024, num_hidden_layers=4,
@@ -67,7 +67,7 @@ def sync():
 
 def run_ours():
     out = generate_ids(ours, prompts, n=args.n, max_new_tokens=args.max_new_tokens, eos_id=0, pad_id=0, seed=0,
-                       compile=args.compile, max_batch_tokens=1 << 20, **settings)
+                       compile=args.compile, max_batch_tokens=1 << 20, sampling=Sampling(**settings))
     assert sum(len(o) for per in out for o in per) == total
 
 
