@@ -7,6 +7,7 @@ Weights are read with safetensors only; nothing is ever unpickled.
 from __future__ import annotations
 
 import json
+from dataclasses import fields
 import os
 import re
 import shutil
@@ -17,7 +18,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .errors import UserError
-from .model import Config, Transformer
+from .model import Config, ConfigError, Transformer
 from .tokenizer import Tokenizer
 
 # Short names a user may type, and the hub repositories they stand for.
@@ -113,10 +114,73 @@ def resolve(name_or_path: str | Path) -> Path:
                         f"`huggingface-cli download {repo}` on a machine online, or pass a local folder.")
 
 
+SUPPORTED_MODEL_TYPES = ("phi", "phi-msft", "llama")
+
+
+def config_from_hf(d: dict) -> Config:
+    """Read HF's config.json: the transformers-4 layout (`partial_rotary_factor`
+    and `rope_theta` at top level, as microsoft/phi-1_5 ships), the
+    transformers-5 layout (`rope_parameters`), or the legacy phi-msft one."""
+    model_type = d.get("model_type")
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        raise ConfigError(
+            f"model_type {model_type!r} is not supported; supported: {', '.join(SUPPORTED_MODEL_TYPES)}."
+        )
+    d = dict(d)
+    if model_type == "llama":
+        d.setdefault("partial_rotary_factor", 1.0)
+        d.setdefault("hidden_act", "silu")
+        d.setdefault("attention_bias", False)
+        d.setdefault("tie_word_embeddings", False)
+        rope = dict(d.get("rope_parameters") or d.get("rope_scaling") or {})
+        if rope.get("rope_type", rope.get("type", "default")) not in ("default", "llama3"):
+            raise ConfigError(f"rope_type {rope.get('rope_type')!r} is not supported; Llama: 'default' or 'llama3'.")
+        d["rope_scaling"] = rope if rope.get("rope_type", rope.get("type")) == "llama3" else None
+        if "rope_theta" in rope:
+            d["rope_theta"] = rope["rope_theta"]
+        d.pop("rope_parameters", None)
+    if model_type == "phi-msft":  # the pre-transformers "phi-msft" names
+        legacy = {"n_embd": "hidden_size", "n_layer": "num_hidden_layers", "n_head": "num_attention_heads",
+                  "n_head_kv": "num_key_value_heads", "n_inner": "intermediate_size",
+                  "n_positions": "max_position_embeddings", "layer_norm_epsilon": "layer_norm_eps",
+                  "activation_function": "hidden_act"}
+        d.update({new: d[old] for old, new in legacy.items() if old in d})
+        if d.get("intermediate_size") is None and "hidden_size" in d:
+            d["intermediate_size"] = 4 * d["hidden_size"]
+        if "rotary_dim" in d and "hidden_size" in d and "num_attention_heads" in d:
+            d["partial_rotary_factor"] = d["rotary_dim"] / (d["hidden_size"] // d["num_attention_heads"])
+    rope = d.get("rope_parameters") or {}
+    if rope.get("rope_type", "default") != "default":
+        raise ConfigError(f"rope_type {rope['rope_type']!r} is not supported for Phi; only 'default'.")
+    for key in ("rope_theta", "partial_rotary_factor"):
+        if key in rope:
+            d[key] = rope[key]
+    if isinstance(d.get("eos_token_id"), list):
+        d["eos_token_id"] = d["eos_token_id"][0]
+    required = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
+    missing = [k for k in required if d.get(k) is None]
+    if missing:
+        raise ConfigError(f"config.json is missing required field(s): {', '.join(missing)}.")
+    d["model_type"] = "llama" if model_type == "llama" else "phi"
+    known = {f.name for f in fields(Config)}
+    return Config(**{k: v for k, v in d.items() if k in known and v is not None})
+
+
+def config_to_hf(cfg: Config) -> dict:
+    """The transformers-4 layout (as microsoft/phi-1_5 and meta-llama ship it), which transformers 4 and 5 read."""
+    d = {f.name: getattr(cfg, f.name) for f in fields(cfg)}
+    if cfg.model_type == "llama":
+        d.pop("layer_norm_eps"), d.pop("qk_layernorm"), d.pop("partial_rotary_factor")
+        return {"architectures": ["LlamaForCausalLM"], **d, "mlp_bias": False, "attention_dropout": 0.0}
+    d.pop("rms_norm_eps"), d.pop("attention_bias")
+    return {"architectures": ["PhiForCausalLM"], **d,
+            "rope_scaling": None, "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attention_dropout": 0.0}
+
+
 def load_config(folder: Path) -> Config:
     path = Path(folder) / "config.json"
     try:
-        return Config.from_hf(json.loads(path.read_text()))
+        return config_from_hf(json.loads(path.read_text()))
     except json.JSONDecodeError as e:
         raise UserError(f"{path} is not valid JSON ({e}).") from None
 
@@ -237,6 +301,6 @@ def save(model: Transformer, tokenizer: Tokenizer, path: str | Path) -> None:
             continue
         tensors[to_hf_name(key, model.config.model_type)] = t.detach().contiguous().cpu()
     save_file(tensors, str(path / "model.safetensors"), metadata={"format": "pt"})
-    cfg = model.config.to_hf() | {"torch_dtype": str(model.dtype).removeprefix("torch.")}
+    cfg = config_to_hf(model.config) | {"torch_dtype": str(model.dtype).removeprefix("torch.")}
     (path / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
     tokenizer.save(path)

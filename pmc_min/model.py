@@ -18,20 +18,19 @@ them, so a padded row computes the same logits as the unpadded sequence.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .errors import UserError
+from .kv_cache import attention
 
 
 class ConfigError(UserError):
     """A config.json that does not describe a model this file can build."""
 
-
-SUPPORTED_MODEL_TYPES = ("phi", "phi-msft", "llama")
 
 
 @dataclass
@@ -76,65 +75,6 @@ class Config:
     @property
     def rotary_dim(self) -> int:
         return int(self.head_dim * self.partial_rotary_factor)
-
-    @classmethod
-    def from_hf(cls, d: dict) -> "Config":
-        """Read HF's config.json: the transformers-4 layout (`partial_rotary_factor`
-        and `rope_theta` at top level, as microsoft/phi-1_5 ships), the
-        transformers-5 layout (`rope_parameters`), or the legacy phi-msft one."""
-        model_type = d.get("model_type")
-        if model_type not in SUPPORTED_MODEL_TYPES:
-            raise ConfigError(
-                f"model_type {model_type!r} is not supported; supported: {', '.join(SUPPORTED_MODEL_TYPES)}."
-            )
-        d = dict(d)
-        if model_type == "llama":
-            d.setdefault("partial_rotary_factor", 1.0)
-            d.setdefault("hidden_act", "silu")
-            d.setdefault("attention_bias", False)
-            d.setdefault("tie_word_embeddings", False)
-            rope = dict(d.get("rope_parameters") or d.get("rope_scaling") or {})
-            if rope.get("rope_type", rope.get("type", "default")) not in ("default", "llama3"):
-                raise ConfigError(f"rope_type {rope.get('rope_type')!r} is not supported; Llama: 'default' or 'llama3'.")
-            d["rope_scaling"] = rope if rope.get("rope_type", rope.get("type")) == "llama3" else None
-            if "rope_theta" in rope:
-                d["rope_theta"] = rope["rope_theta"]
-            d.pop("rope_parameters", None)
-        if model_type == "phi-msft":  # the pre-transformers "phi-msft" names
-            legacy = {"n_embd": "hidden_size", "n_layer": "num_hidden_layers", "n_head": "num_attention_heads",
-                      "n_head_kv": "num_key_value_heads", "n_inner": "intermediate_size",
-                      "n_positions": "max_position_embeddings", "layer_norm_epsilon": "layer_norm_eps",
-                      "activation_function": "hidden_act"}
-            d.update({new: d[old] for old, new in legacy.items() if old in d})
-            if d.get("intermediate_size") is None and "hidden_size" in d:
-                d["intermediate_size"] = 4 * d["hidden_size"]
-            if "rotary_dim" in d and "hidden_size" in d and "num_attention_heads" in d:
-                d["partial_rotary_factor"] = d["rotary_dim"] / (d["hidden_size"] // d["num_attention_heads"])
-        rope = d.get("rope_parameters") or {}
-        if rope.get("rope_type", "default") != "default":
-            raise ConfigError(f"rope_type {rope['rope_type']!r} is not supported for Phi; only 'default'.")
-        for key in ("rope_theta", "partial_rotary_factor"):
-            if key in rope:
-                d[key] = rope[key]
-        if isinstance(d.get("eos_token_id"), list):
-            d["eos_token_id"] = d["eos_token_id"][0]
-        required = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
-        missing = [k for k in required if d.get(k) is None]
-        if missing:
-            raise ConfigError(f"config.json is missing required field(s): {', '.join(missing)}.")
-        d["model_type"] = "llama" if model_type == "llama" else "phi"
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known and v is not None})
-
-    def to_hf(self) -> dict:
-        """The transformers-4 layout (as microsoft/phi-1_5 and meta-llama ship it), which transformers 4 and 5 read."""
-        d = {f.name: getattr(self, f.name) for f in fields(self)}
-        if self.model_type == "llama":
-            d.pop("layer_norm_eps"), d.pop("qk_layernorm"), d.pop("partial_rotary_factor")
-            return {"architectures": ["LlamaForCausalLM"], **d, "mlp_bias": False, "attention_dropout": 0.0}
-        d.pop("rms_norm_eps"), d.pop("attention_bias")
-        return {"architectures": ["PhiForCausalLM"], **d,
-                "rope_scaling": None, "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attention_dropout": 0.0}
 
 
 class RotaryEmbedding(nn.Module):
@@ -182,83 +122,6 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     return torch.cat((x_rot * cos + rotate_half(x_rot) * sin, x_pass), dim=-1)
 
 
-def write_slots(cache: torch.Tensor, slots: slice | torch.Tensor, x: torch.Tensor) -> None:
-    """cache[:, :, slots] = x for a cache (B, H_kv, S, D). A slice is a plain copy; a
-    tensor of slot indices (a decode step captured as a CUDA graph, where the slot
-    is data) is an index_copy_, slower on a CPU."""
-    if isinstance(slots, slice):
-        cache[:, :, slots] = x
-    else:
-        cache.index_copy_(2, slots, x)
-
-
-class KVCache:
-    """A static, preallocated key/value cache for one layer (gpt-fast style):
-    fixed shapes, so a decode step can be captured by torch.compile / CUDA graphs.
-    A plain object, not a module: torch.compile then treats its tensors as inputs
-    whose sizes may vary from batch to batch, not as fixed-size module buffers."""
-
-    def __init__(self, k: torch.Tensor, v: torch.Tensor):  # each (batch, n_kv_heads, max_len, head_dim), zeroed
-        self.k, self.v = k, v
-
-    @property
-    def slots(self) -> int:
-        return self.k.shape[2]
-
-    def update(self, slots: slice | torch.Tensor, k: torch.Tensor, v: torch.Tensor):
-        """Write k, v (B, H_kv, T, D) at the T cache slots `slots`; return the whole cache."""
-        write_slots(self.k, slots, k)
-        write_slots(self.v, slots, v)
-        return self.k, self.v
-
-
-class SharedPrefixKV:
-    """The cache once a batch of U prompts is prefilled and each prompt gets n samples
-    (rows prompt-major: row u*n + j is sample j of prompt u). The prompt's keys and
-    values are kept once, not copied n times; only the tokens generated after them
-    are cached per sample. A decode step of a large batch is bound by reading the
-    cache; with PMC's n = 5 samples per question the prompt part is read 5x less."""
-
-    def __init__(self, prefilled: KVCache, n: int, prompt_len: int, k: torch.Tensor, v: torch.Tensor):
-        """k, v: zeroed (U * n, H_kv, slots - prompt_len, D), for the generated tokens."""
-        self.n = n
-        self.prefix_k, self.prefix_v = prefilled.k[:, :, :prompt_len], prefilled.v[:, :, :prompt_len]
-        self.k, self.v = k, v
-
-    @property
-    def slots(self) -> int:
-        return self.prefix_k.shape[2] + self.k.shape[2]
-
-    def update(self, slots: slice | torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
-        """Write the generated tokens' k, v (B, H_kv, T, D) at the T cache slots `slots`."""
-        P = self.prefix_k.shape[2]
-        slots = slice(slots.start - P, slots.stop - P) if isinstance(slots, slice) else slots - P
-        write_slots(self.k, slots, k)
-        write_slots(self.v, slots, v)
-
-    def attend(self, q: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """softmax(q k^T / sqrt(D)) v over the prompt's and the row's own generated keys.
-        q (B, H, 1, D); mask (B, 1, 1, S), additive, over slots [prompt | generated]. Returns (B, H, 1, D)."""
-        B, H, _, D = q.shape
-        U, H_kv, P, _ = self.prefix_k.shape
-        n, g, T = self.n, H // H_kv, mask.shape[-1] - P  # g query heads share a kv head (GQA)
-        k, v = self.k[:, :, :T], self.v[:, :, :T]
-
-        def by_prompt(x):  # (B, H_kv, g, X) -> (U, H_kv, n*g, X): one prompt's n samples x g heads as rows
-            return x.reshape(U, n, H_kv, g, -1).transpose(1, 2).reshape(U, H_kv, n * g, -1)
-
-        def by_row(x):  # the inverse
-            return x.reshape(U, H_kv, n, g, -1).transpose(1, 2).reshape(B, H_kv, g, -1)
-
-        q = q.reshape(B, H_kv, g, D) * D ** -0.5
-        on_prompt = (by_prompt(q) @ self.prefix_k.transpose(-1, -2))  # (U, H_kv, n*g, P): prompt keys read once
-        on_prompt = on_prompt + mask[::n, :, :, :P]  # left padding of the prompt
-        on_generated = q @ k.transpose(-1, -2) + mask[:, :, :, P:]  # (B, H_kv, g, T)
-        p = torch.cat([on_prompt, by_prompt(on_generated)], dim=-1).softmax(dim=-1, dtype=torch.float32).to(q.dtype)
-        y = by_row(p[..., :P] @ self.prefix_v) + by_row(p[..., P:]) @ v  # (B, H_kv, g, D)
-        return y.reshape(B, H, 1, D)
-
-
 class Attention(nn.Module):
     def __init__(self, cfg: Config):
         super().__init__()
@@ -272,9 +135,9 @@ class Attention(nn.Module):
             self.q_layernorm = nn.LayerNorm(self.head_dim, eps=cfg.layer_norm_eps)
             self.k_layernorm = nn.LayerNorm(self.head_dim, eps=cfg.layer_norm_eps)
         self.qk_layernorm = cfg.qk_layernorm
-        self.cache: KVCache | SharedPrefixKV | None = None
+        self.cache = None  # the sampler's (kv_cache.py), during generation
 
-    def forward(self, x, cos, sin, mask, written):
+    def forward(self, x, cos, sin, mask, write_pos):
         B, T, _ = x.shape
         q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, D)
         k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
@@ -282,21 +145,12 @@ class Attention(nn.Module):
         if self.qk_layernorm:
             q, k = self.q_layernorm(q), self.k_layernorm(k)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-        if isinstance(self.cache, SharedPrefixKV):  # a decode step of n samples per prompt
-            self.cache.update(written, k, v)
-            y = self.cache.attend(q, mask)  # (B, H, 1, D)
-        else:
-            if self.cache is not None:
-                k, v = self.cache.update(written, k, v)  # (B, H_kv, S, D)
-                k, v = k[:, :, :mask.shape[-1]], v[:, :, :mask.shape[-1]]  # the slots in use
-            if self.n_kv_heads != self.n_heads:
-                k = k.repeat_interleave(self.n_heads // self.n_kv_heads, dim=1)
-                v = v.repeat_interleave(self.n_heads // self.n_kv_heads, dim=1)
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, H, T, D)
+        # (B, H, T, D); a cache also stores k and v at write_pos and attends over every slot in use
+        y = attention(q, k, v, mask) if self.cache is None else self.cache.attend(q, k, v, mask, write_pos)
         return self.dense(y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))
 
 
-class MLP(nn.Module):
+class PhiMLP(nn.Module):
     def __init__(self, cfg: Config):
         super().__init__()
         self.fc1 = nn.Linear(cfg.hidden_size, cfg.intermediate_size)
@@ -306,8 +160,8 @@ class MLP(nn.Module):
         return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))  # gelu_new
 
 
-class SwiGLU(nn.Module):
-    """Llama's MLP: down(silu(gate(x)) * up(x)), no biases."""
+class LlamaMLP(nn.Module):
+    """SwiGLU: down(silu(gate(x)) * up(x)), no biases."""
 
     def __init__(self, cfg: Config):
         super().__init__()
@@ -340,25 +194,25 @@ class LlamaBlock(nn.Module):
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.self_attn = Attention(cfg)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.mlp = SwiGLU(cfg)
+        self.mlp = LlamaMLP(cfg)
 
-    def forward(self, x, cos, sin, mask, written):
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, written)
+    def forward(self, x, cos, sin, mask, write_pos):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, write_pos)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
-class Block(nn.Module):
+class PhiBlock(nn.Module):
     """Phi's parallel block: one LayerNorm feeds attention and MLP, both added to the residual."""
 
     def __init__(self, cfg: Config):
         super().__init__()
         self.input_layernorm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
         self.self_attn = Attention(cfg)
-        self.mlp = MLP(cfg)
+        self.mlp = PhiMLP(cfg)
 
-    def forward(self, x, cos, sin, mask, written):
+    def forward(self, x, cos, sin, mask, write_pos):
         h = self.input_layernorm(x)
-        return x + self.self_attn(h, cos, sin, mask, written) + self.mlp(h)
+        return x + self.self_attn(h, cos, sin, mask, write_pos) + self.mlp(h)
 
 
 class Transformer(nn.Module):
@@ -368,14 +222,14 @@ class Transformer(nn.Module):
         self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
         self.rotary = RotaryEmbedding(cfg)
         llama = cfg.model_type == "llama"
-        self.layers = nn.ModuleList((LlamaBlock if llama else Block)(cfg) for _ in range(cfg.num_hidden_layers))
+        self.layers = nn.ModuleList((LlamaBlock if llama else PhiBlock)(cfg) for _ in range(cfg.num_hidden_layers))
         self.final_layernorm = (RMSNorm(cfg.hidden_size, cfg.rms_norm_eps) if llama
                                 else nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps))
         self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=not llama)
         if cfg.tie_word_embeddings:
             self.lm_head.weight = self.embed_tokens.weight
         self.apply(self._init_weights)
-        self.kept_cache: dict[tuple, torch.Tensor] = {}  # see cache_zeros
+        self.kept_cache: dict[tuple, torch.Tensor] = {}  # cache tensors kept between generations (kv_cache.zeros)
 
     @staticmethod
     def _init_weights(m: nn.Module) -> None:
@@ -402,64 +256,29 @@ class Transformer(nn.Module):
         for mine, theirs in zip(self.parameters(), other.parameters(), strict=True):
             mine.copy_(theirs)
 
-    def cache_zeros(self, key: tuple, shape: tuple, keep: bool) -> torch.Tensor:
-        """A zeroed cache tensor. With keep, the tensor stays with the model and the
-        next call with the same key and shape reuses it: a decode step captured as
-        a CUDA graph then finds its cache where it was recorded, and is replayed
-        rather than captured again. (torch.compile takes tensors reached through the
-        model's modules as fixed-address inputs, which a CUDA graph writes in place.)"""
-        if not keep:
-            return torch.zeros(shape, dtype=self.dtype, device=self.device)
-        t = self.kept_cache.get(key)
-        if t is None or t.shape != shape or t.dtype != self.dtype or t.device != self.device:
-            t = self.kept_cache[key] = torch.zeros(shape, dtype=self.dtype, device=self.device)
-        return t.zero_()
-
-    def setup_cache(self, batch: int, max_len: int, keep: bool = False) -> None:
-        """Preallocate a static KV cache of max_len slots for `batch` rows."""
-        c = self.config
-        shape = (batch, c.num_key_value_heads, max_len, c.head_dim)
-        for i, layer in enumerate(self.layers):
-            layer.self_attn.cache = KVCache(self.cache_zeros(("k", i), shape, keep),
-                                            self.cache_zeros(("v", i), shape, keep))
-
-    def share_prefix(self, n: int, prompt_len: int, keep: bool = False) -> None:
-        """After the prefill of prompt_len slots, let each cached row serve n sample rows
-        (row b -> rows b*n .. b*n+n-1), its prompt's keys and values shared, not copied."""
-        for i, layer in enumerate(self.layers):
-            cache = layer.self_attn.cache
-            U, H_kv, S, D = cache.k.shape
-            shape = (U * n, H_kv, S - prompt_len, D)
-            layer.self_attn.cache = SharedPrefixKV(cache, n, prompt_len, self.cache_zeros(("gen k", i), shape, keep),
-                                                   self.cache_zeros(("gen v", i), shape, keep))
-
-    def clear_cache(self) -> None:
-        for layer in self.layers:
-            layer.self_attn.cache = None
-
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                input_pos: torch.Tensor | None = None, last_only: bool = False,
+                write_pos: torch.Tensor | None = None, last_only: bool = False,
                 kv_len: int | None = None) -> torch.Tensor:
         """Logits (B, T, V) for input_ids (B, T); (B, 1, V) with last_only.
 
         Without a cache, attention_mask is (B, T) and may pad on the left or the
-        right. With a cache (`setup_cache`), the T tokens go to cache slots
-        `input_pos` (T,) and attention_mask is (B, S), a key mask over all S
+        right. With a cache (`kv_cache.setup_cache`), the T tokens go to the cache
+        slots `write_pos` (T,) and attention_mask is (B, S), a key mask over all S
         cache slots: 1 for every real token (slots not yet written may be 1
         too: causality hides them). kv_len, when the caller knows it, limits
         attention to the first kv_len slots: less work, but a shape that
         changes every step (a CUDA graph needs static shapes: leave it None there).
-        input_pos defaults to the T slots just before kv_len (or the first T).
+        write_pos defaults to the T slots just before kv_len (or the first T).
         """
         B, T = input_ids.shape
-        if input_pos is None:  # the slots are known here, so the cache is written by a plain copy
+        if write_pos is None:  # the slots are known here, so the cache is written by a plain copy
             end = T if kv_len is None else kv_len
-            written = slice(end - T, end)
-            input_pos = torch.arange(end - T, end, device=input_ids.device)
+            pos = torch.arange(end - T, end, device=input_ids.device)
+            write_pos = slice(end - T, end)
         else:  # the slots are data (a decode step captured as a CUDA graph)
-            written = input_pos
+            pos = write_pos
         cache = self.layers[0].self_attn.cache
-        S = cache.slots if cache is not None else T
+        S = cache.n_slots if cache is not None else T
         if attention_mask is None:
             attention_mask = torch.ones(B, S, dtype=torch.long, device=input_ids.device)
         if attention_mask.shape != (B, S):
@@ -468,18 +287,18 @@ class Transformer(nn.Module):
             S, attention_mask = kv_len, attention_mask[:, :kv_len]
         key_mask = attention_mask.bool()
         # Position of a token = number of real tokens up to and including it, minus one.
-        positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, input_pos]  # (B, T)
+        positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, pos]  # (B, T)
         slots = torch.arange(S, device=input_ids.device)
-        causal = slots[None, :] <= input_pos[:, None]  # (T, S)
+        causal = slots[None, :] <= pos[:, None]  # (T, S)
         # A pad query sees only itself, so its (unused) row stays finite instead of NaN.
-        allowed = (causal & key_mask[:, None, :]) | (slots[None, :] == input_pos[:, None])  # (B, T, S)
+        allowed = (causal & key_mask[:, None, :]) | (slots[None, :] == pos[:, None])  # (B, T, S)
 
         x = self.embed_tokens(input_ids)
         # Additive, as SDPA makes a boolean mask: 0 where a query may attend a key, -inf elsewhere.
         mask = torch.where(allowed[:, None], 0.0, float("-inf")).to(x.dtype)  # (B, 1, T, S)
         cos, sin = self.rotary(positions, x.dtype)
         for layer in self.layers:
-            x = layer(x, cos, sin, mask, written)
+            x = layer(x, cos, sin, mask, write_pos)
         if last_only:
             x = x[:, -1:]
         return self.lm_head(self.final_layernorm(x))
@@ -501,4 +320,4 @@ def nll(model: Transformer, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     return causal_lm_loss(model(batch["input_ids"], batch["attention_mask"]), batch["labels"])
 
 
-__all__ = ["Config", "ConfigError", "Transformer", "KVCache", "SharedPrefixKV", "causal_lm_loss", "nll"]
+__all__ = ["Config", "ConfigError", "Transformer", "causal_lm_loss", "nll"]

@@ -5,7 +5,7 @@ model (paper Sec. 3; docs/method.md §2, step 2), so this is where its time goes
 design follows gpt-fast: prompts x n rows left-padded into one batch, one
 prefill per prompt, then one token per step into a preallocated cache in
 which the n samples of a prompt share its keys and values (read once per
-step, not n times: `model.SharedPrefixKV`). Temperature, top-k and top-p
+step, not n times: `kv_cache.SharedPrefixKV`). Temperature, top-k and top-p
 filtering and the draw itself stay on the device (the draw inverts the CDF
 at one uniform per row, with no host sync); the all-finished check syncs
 only every few steps. Large jobs are cut into batches by a token budget.
@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .kv_cache import clear_cache, setup_cache, share_prefix
 from .model import Transformer
 from .tokenizer import Tokenizer
 
@@ -143,11 +144,11 @@ def generate_batch(model: Transformer, prompts: list[list[int]], n: int, max_new
         key_mask[b, :P - len(p)] = 0
     ids, key_mask = ids.to(device), key_mask.to(device)
 
-    model.setup_cache(U, S, keep=static)
+    setup_cache(model, U, S, keep=static)
     try:
         logits = model(ids, key_mask, last_only=True, kv_len=P)[:, -1]  # (U, V): slots 0 .. P-1
         if n > 1:
-            model.share_prefix(n, P, keep=static)
+            share_prefix(model, n, P, keep=static)
             logits, key_mask = logits.repeat_interleave(n, dim=0), key_mask.repeat_interleave(n, dim=0)
         out = torch.full((B, max_new_tokens), pad_id, dtype=torch.long, device=device)
         done = torch.zeros(B, dtype=torch.bool, device=device)
@@ -166,7 +167,7 @@ def generate_batch(model: Transformer, prompts: list[list[int]], n: int, max_new
             else:  # slot P + t, attending to the P + t + 1 slots in use
                 logits = step(token[:, None], key_mask, last_only=True, kv_len=P + t + 1)[:, -1]
     finally:
-        model.clear_cache()
+        clear_cache(model)
     rows = out[:real_rows].tolist()
     return [row[:row.index(eos_id)] if eos_id in row else row for row in rows]
 

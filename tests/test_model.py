@@ -7,6 +7,8 @@ import torch
 from safetensors.torch import save_file
 
 import pmc_min
+from pmc_min.checkpoint import config_from_hf
+from pmc_min.kv_cache import clear_cache, setup_cache
 from pmc_min.model import Config, Transformer, causal_lm_loss
 from helpers import hf_phi, hf_positions, left_padded_batch, write_hf_phi
 
@@ -71,14 +73,14 @@ def test_kv_cache_decoding_matches_transformers(tmp_path):
     ids, mask = left_padded_batch([9, 5, 9], vocab=hf.config.vocab_size)
     reference = hf(input_ids=ids, attention_mask=mask, position_ids=hf_positions(mask)).logits
     P, S = 6, ids.shape[1]  # prefill P tokens, then one token at a time
-    ours.setup_cache(batch=3, max_len=S + 4)
+    setup_cache(ours, batch=3, n_slots=S + 4)
     key_mask = torch.zeros(3, S + 4, dtype=torch.long)
     key_mask[:, :S] = mask
     with torch.no_grad():
         steps = [ours(ids[:, :P], key_mask.masked_fill(torch.arange(S + 4) >= P, 0), torch.arange(P))]
         for t in range(P, S):
             steps.append(ours(ids[:, t:t + 1], key_mask.masked_fill(torch.arange(S + 4) > t, 0), torch.tensor([t])))
-    ours.clear_cache()
+    clear_cache(ours)
     cached = torch.cat(steps, dim=1)
     real = mask.bool()
     assert (cached[real] - reference[real]).abs().max().item() <= 1e-4
@@ -153,7 +155,7 @@ PHI_1_5_CONFIG = {  # the fields of microsoft/phi-1_5's config.json (transformer
 
 
 def test_phi_1_5_config_builds_the_right_shapes():
-    cfg = Config.from_hf(PHI_1_5_CONFIG)
+    cfg = config_from_hf(PHI_1_5_CONFIG)
     with torch.device("meta"):
         model = Transformer(cfg)
     assert model.num_parameters() == 1_418_270_720
@@ -174,7 +176,7 @@ def test_transformers_5_layout_is_read():
     d = hf.to_dict()
     assert "rope_parameters" in d
     d.pop("partial_rotary_factor", None), d.pop("rope_theta", None)
-    cfg = Config.from_hf(d)
+    cfg = config_from_hf(d)
     assert cfg.partial_rotary_factor == 0.4 and cfg.rope_theta == 300.0
 
 

@@ -22,7 +22,8 @@ from tokenizers import Tokenizer as HFTokenizer, decoders, models, pre_tokenizer
 
 from pmc_min import pmc, train
 from pmc_min.data import RETAIN_OF, load_split
-from pmc_min.model import Config, Transformer
+from pmc_min.checkpoint import config_from_hf
+from pmc_min.model import Transformer
 from pmc_min.tokenizer import Tokenizer
 
 PHI_1_5 = dict(model_type="phi", vocab_size=51200, hidden_size=2048, intermediate_size=8192, num_hidden_layers=24,
@@ -58,7 +59,7 @@ tokenizer = Tokenizer(bpe, "<|endoftext|>")
 
 torch.manual_seed(0)
 with device:
-    model = Transformer(Config.from_hf(PHI_1_5 | {"num_hidden_layers": args.layers}))
+    model = Transformer(config_from_hf(PHI_1_5 | {"num_hidden_layers": args.layers}))
 with torch.no_grad():
     model.lm_head.bias[tokenizer.vocab_size:] = -1e4
 
