@@ -25,7 +25,7 @@ import pmc_min
 from pmc_min import attacks, checkpoint, tiny, tofu
 from pmc_min.data import FORGET_SPLITS, RETAIN_OF, load_split, resolve_data_dir, wikitext_probe
 from pmc_min.tokenizer import chat_format
-from pmc_min.resume import atomic_write_text, latest_checkpoint, load_checkpoint, save_checkpoint
+from pmc_min.resume import atomic_write_text, latest_state, load_state, save_state
 from pmc_min.sample import Sampling
 from pmc_min.evaluate import SPLITS, eval_sets, evaluate
 from pmc_min.train import METHODS, NonFiniteLoss, UnlearnConfig, finetune, unlearn
@@ -231,7 +231,7 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     if not args.resume:
         atomic_write_text(out / "run.json", json.dumps({"argv": argv}) + "\n")
-    latest = latest_checkpoint(out) if args.resume else None
+    latest = latest_state(out) if args.resume else None
     state = None
 
     def load(folder):
@@ -242,7 +242,7 @@ def main(argv=None) -> int:
         return model, tokenizer
 
     if latest is not None:  # continue the unlearning where the last complete epoch left it
-        model, tokenizer, state = load_checkpoint(latest, device=args.device)
+        model, tokenizer, state = load_state(latest, device=args.device)
         if chat:
             tokenizer.with_system(**chat)
         before = json.loads((out / "before.json").read_text())
@@ -257,8 +257,7 @@ def main(argv=None) -> int:
             log(f"Fine-tuning on TOFU full ({len(full_rows)} QA) for {ft['epochs']} epochs ...")
             finetune(model, tokenizer, full_rows, epochs=ft["epochs"], lr=ft["lr"], batch_size=ft["batch_size"],
                      grad_accum=ft["grad_accum"], max_length=ft["max_length"], seed=args.seed, progress=progress)
-            pmc_min.save(model, tokenizer, out / "finetuned")
-            atomic_write_text(out / "finetuned" / "READY", "ok\n")
+            checkpoint.build_once(out / "finetuned", lambda tmp: pmc_min.save(model, tokenizer, tmp))
         before = None
     perturbed = load_split(data_dir, f"{args.split}_perturbed")[:len(forget_rows)] if "mcq" in evals else None
     token_set = (attacks.forget_tokens(tokenizer, [r["answer"] for r in forget_rows], probe)
@@ -285,7 +284,7 @@ def main(argv=None) -> int:
 
     def on_epoch_end(st: dict) -> None:
         if args.save_every and (st["epoch"] % args.save_every == 0 or st["final"]):
-            save_checkpoint(out, model, tokenizer, st)
+            save_state(out, model, tokenizer, st)
 
     try:
         if args.reference:
@@ -297,7 +296,7 @@ def main(argv=None) -> int:
             curves = unlearn(model, tokenizer, forget_rows, retain_rows, cfg, progress=progress,
                              on_epoch_end=on_epoch_end, resume=state)
     except NonFiniteLoss as e:
-        kept = latest_checkpoint(out)
+        kept = latest_state(out)
         raise pmc_min.UserError(f"{str(e)[:-1]}; " + (f"the last good checkpoint, {kept}, is kept (resume with "
                                 f"--resume {out})." if kept else "no checkpoint was written yet.")) from None
     log("Evaluating after unlearning ...")

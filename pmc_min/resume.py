@@ -49,7 +49,7 @@ def _json_state(state: dict) -> dict:
             "cache_scores": {str(k): v for k, v in state["cache_scores"].items()}}
 
 
-def save_checkpoint(out: Path, model, tokenizer, state: dict, keep: int = 1) -> Path:
+def save_state(out: Path, model, tokenizer, state: dict, keep: int = 1) -> Path:
     """Write epoch state["epoch"]'s checkpoint atomically and point LATEST at it."""
     root = Path(out) / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
@@ -76,7 +76,7 @@ def save_checkpoint(out: Path, model, tokenizer, state: dict, keep: int = 1) -> 
     return final
 
 
-def latest_checkpoint(out: Path) -> Path | None:
+def latest_state(out: Path) -> Path | None:
     pointer = Path(out) / "checkpoints" / "LATEST"
     if not pointer.is_file():
         return None
@@ -86,7 +86,7 @@ def latest_checkpoint(out: Path) -> Path | None:
     return path
 
 
-def load_checkpoint(path: Path, device="cpu"):
+def load_state(path: Path, device="cpu"):
     """(model, tokenizer, state) to pass to train.unlearn(resume=state)."""
     model, tokenizer = load(path, device=device)
     state = json.loads((Path(path) / "state.json").read_text())

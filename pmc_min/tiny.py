@@ -13,14 +13,17 @@ from __future__ import annotations
 
 import json
 import random
-import shutil
 from pathlib import Path
 
 import torch
 
-from .checkpoint import cache_root, save
+from .checkpoint import build_once, cache_root, load, save
+from .data import RETAIN_OF
+from .evaluate import eval_sets, evaluate
 from .model import Config, Transformer
+from .qa import prompt, target
 from .tokenizer import Tokenizer
+from .train import finetune
 
 VERSION = "tiny-v5"
 N_AUTHORS, QA_PER_AUTHOR = 100, 10
@@ -282,8 +285,6 @@ def train_tokenizer(data_dir: Path, vocab_size: int = 1024) -> Tokenizer:
     """A GPT-2-style byte-level BPE trained on the data set's text."""
     from tokenizers import Tokenizer as HFTokenizer, decoders, models, pre_tokenizers, trainers
 
-    from .qa import prompt, target
-
     texts = []
     for name in ("full", "world_facts", "real_authors", "general", "forget10_perturbed"):
         for line in (data_dir / f"{name}.json").read_text().splitlines():
@@ -311,9 +312,6 @@ def cache_dir() -> Path:
 def train_until_known(model: Transformer, tokenizer: Tokenizer, rows: list[dict], probe: dict, *, seed: int,
                       max_epochs: int, progress: bool, log, desc: str) -> None:
     """Train from scratch until the greedy ROUGE-L recall on `probe` reaches 0.97 (checked every 5 epochs)."""
-    from .evaluate import evaluate
-    from .train import finetune
-
     def known(epoch: int) -> bool:
         if epoch % 5:
             return False
@@ -329,52 +327,54 @@ def rows_of(data_dir: Path, names) -> list[dict]:
     return [json.loads(line) for name in names for line in (data_dir / f"{name}.json").read_text().splitlines()]
 
 
+def train_from_scratch(tokenizer: Tokenizer, data_dir: Path, names, probe: dict, *, device, seed: int,
+                       max_epochs: int, progress: bool, log, desc: str) -> Transformer:
+    """A fresh TINY_CONFIG model trained on the named splits until it knows `probe`."""
+    torch.manual_seed(seed)
+    model = Transformer(Config(**TINY_CONFIG)).to(device)
+    train_until_known(model, tokenizer, rows_of(data_dir, names), probe, seed=seed, max_epochs=max_epochs,
+                      progress=progress, log=log, desc=desc)
+    return model
+
+
 def build(folder: Path | None = None, *, device="cpu", seed: int = 0, max_epochs: int = 60,
           progress: bool = True, log=print) -> tuple[Path, Path]:
     """(model folder, data folder) of the embedded default, built on first use."""
-    from .evaluate import eval_sets
-
     folder = Path(folder) if folder else cache_dir()
-    model_dir, data_dir = folder / "model", folder / "data"
     if (folder / "READY").is_file():
-        if not (data_dir / "real_authors_perturbed.json").is_file():  # built before TOFU's metrics were added:
-            make_dataset(data_dir, seed)  # the same files again (deterministic), and the new ones
-        return model_dir, data_dir
-    if folder.exists():
-        shutil.rmtree(folder)  # an interrupted build
-    log(f"Building the embedded tiny default in {folder} (once) ...")
-    make_dataset(data_dir, seed)
-    tokenizer = train_tokenizer(data_dir)
-    torch.manual_seed(seed)
-    model = Transformer(Config(**TINY_CONFIG)).to(device)
-    rows = rows_of(data_dir, ("full", "world_facts", "real_authors", "general"))
-    train_until_known(model, tokenizer, rows, {"forget10": eval_sets(data_dir, "forget10")["forget"]}, seed=seed,
-                      max_epochs=max_epochs, progress=progress, log=log, desc="tiny model")
-    save(model, tokenizer, model_dir)
-    (folder / "READY").write_text("ok\n")
-    return model_dir, data_dir
+        if not (folder / "data" / "real_authors_perturbed.json").is_file():  # built before TOFU's metrics:
+            make_dataset(folder / "data", seed)  # the same files again (deterministic), and the new ones
+    else:
+        log(f"Building the embedded tiny default in {folder} (once) ...")
+
+        def make(tmp: Path) -> None:
+            make_dataset(tmp / "data", seed)
+            tokenizer = train_tokenizer(tmp / "data")
+            probe = {"forget10": eval_sets(tmp / "data", "forget10")["forget"]}
+            model = train_from_scratch(tokenizer, tmp / "data", ("full", "world_facts", "real_authors", "general"),
+                                       probe, device=device, seed=seed, max_epochs=max_epochs, progress=progress,
+                                       log=log, desc="tiny model")
+            save(model, tokenizer, tmp / "model")
+
+        build_once(folder, make)
+    return folder / "model", folder / "data"
 
 
 def build_reference(split: str = "forget10", *, device="cpu", seed: int = 0, max_epochs: int = 60,
                     progress: bool = True, log=print) -> Path:
     """The "ideal" unlearned model: the same recipe, trained on everything but the forget split."""
-    from .checkpoint import load
-    from .data import RETAIN_OF
-    from .evaluate import eval_sets
-
     model_dir, data_dir = build(device=device, seed=seed, progress=progress, log=log)
     folder = cache_dir() / f"reference-{split}"
     if (folder / "READY").is_file():
         return folder
     log(f"Training the retain-only reference for {split} in {folder} (once) ...")
-    _, tokenizer = load(model_dir)
-    torch.manual_seed(seed)
-    model = Transformer(Config(**TINY_CONFIG)).to(device)
-    rows = rows_of(data_dir, (RETAIN_OF[split], "world_facts", "real_authors", "general"))
-    probe = {"retain": eval_sets(data_dir, split)["retain"]}
-    probe["retain"] = (probe["retain"][0][:100], probe["retain"][1][:100])
-    train_until_known(model, tokenizer, rows, probe, seed=seed, max_epochs=max_epochs, progress=progress, log=log,
-                      desc="reference model")
-    save(model, tokenizer, folder)
-    (folder / "READY").write_text("ok\n")
-    return folder
+
+    def make(tmp: Path) -> None:
+        _, tokenizer = load(model_dir)
+        retain = eval_sets(data_dir, split)["retain"]
+        model = train_from_scratch(tokenizer, data_dir, (RETAIN_OF[split], "world_facts", "real_authors", "general"),
+                                   {"retain": (retain[0][:100], retain[1][:100])}, device=device, seed=seed,
+                                   max_epochs=max_epochs, progress=progress, log=log, desc="reference model")
+        save(model, tokenizer, tmp)
+
+    return build_once(folder, make)

@@ -82,7 +82,7 @@ def test_crash_while_writing_a_checkpoint_resumes_from_the_previous_one(setup, u
     with pytest.raises(OSError):
         run.main(args(setup, out))
     assert (out / "checkpoints" / "LATEST").read_text().strip() == "epoch-0001"
-    assert resume_mod.latest_checkpoint(out).name == "epoch-0001"
+    assert resume_mod.latest_state(out).name == "epoch-0001"
     monkeypatch.setattr(resume_mod, "save", real_save)
     assert run.main(["--resume", str(out)]) == 0
     assert comparable(out) == uninterrupted
