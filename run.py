@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 import pmc_min
-from pmc_min import attacks, checkpoint, tiny, tofu
+from pmc_min import attacks, checkpoint, tiny, tiny_data, tofu
 from pmc_min.data import FORGET_SPLITS, RETAIN_OF, load_split, resolve_data_dir, wikitext_probe
 from pmc_min.tokenizer import chat_format
 from pmc_min.resume import atomic_write_text, latest_state, load_state, save_state
@@ -375,7 +375,7 @@ def robustness(model, tokenizer, evals: list[str], args, cfg, data_dir: Path, fo
     if "factleak" in evals:
         rows = forget_rows
         if (data_dir / "authors.json").is_file():  # the synthetic data knows every answer's facts
-            known = tiny.facts(data_dir)
+            known = tiny_data.facts(data_dir)
             rows = [{**r, "facts": known.get(r["question"])} for r in forget_rows]
         out["factleak"] = attacks.factleak(model, tokenizer, rows, **sampling)
     return out

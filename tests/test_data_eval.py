@@ -72,7 +72,7 @@ def run_py(*args, env=None, timeout=300):
 
 
 def test_phi_1_5_without_weights_fails_with_one_sentence(tmp_path):
-    from pmc_min.tiny import make_dataset
+    from pmc_min.tiny_data import make_dataset
     make_dataset(tmp_path / "data")  # TOFU's layout; ../shared/data/tofu reads the same
     out = run_py("--model", "phi-1_5", "--data-dir", str(tmp_path / "data"),
                  env={"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "hub")})
@@ -83,7 +83,7 @@ def test_phi_1_5_without_weights_fails_with_one_sentence(tmp_path):
 
 def test_overunlearn_probe_offline_fails_before_loading_the_model(tmp_path):
     from helpers import write_hf_phi
-    from pmc_min.tiny import make_dataset
+    from pmc_min.tiny_data import make_dataset
 
     make_dataset(tmp_path / "data")
     (tmp_path / "data" / "general.json").unlink()  # TOFU has no general split: the probe is wikitext-2
@@ -109,7 +109,7 @@ def test_bad_hyperparameters_fail_before_any_work(args, message, tmp_path):
 def test_tiny_general_split_uses_the_authors_vocabulary_outside_any_author(tmp_path):
     """The over-unlearning probe of the embedded default: every birth city, parent's job, genre and
     theme appears in general text that names no author."""
-    from pmc_min import tiny
+    from pmc_min import tiny_data as tiny
     tiny.make_dataset(tmp_path)
     names = {*tiny.FIRST, *tiny.LAST}  # every author's name is made of these
     general = [f"{r['question']} {r['answer']}" for r in load_split(tmp_path, "general")]

@@ -13,7 +13,7 @@ import pytest
 
 import pmc_min
 from pmc_min import resume as resume_mod
-from pmc_min.tiny import make_dataset
+from pmc_min.tiny_data import make_dataset
 from helpers import write_hf_phi
 from test_data_eval import ROOT, run_py
 

@@ -125,7 +125,7 @@ def test_answer_losses_equal_transformers(tmp_path):
 
 
 def test_tofu_metrics_of_a_model_are_consistent_with_its_losses(tmp_path):
-    from pmc_min.tiny import make_dataset
+    from pmc_min.tiny_data import make_dataset
 
     make_dataset(tmp_path / "data")
     write_hf_phi(tmp_path / "model")
@@ -141,7 +141,7 @@ def test_tofu_metrics_of_a_model_are_consistent_with_its_losses(tmp_path):
 
 
 def test_tiny_data_has_tofus_perturbed_files(tmp_path):
-    from pmc_min.tiny import make_dataset
+    from pmc_min.tiny_data import make_dataset
 
     make_dataset(tmp_path)
     full = load_split(tmp_path, "full")
@@ -164,7 +164,7 @@ def test_tofu_files_read_as_tofu_evaluates_them():
 
 
 def test_malformed_perturbed_answers_end_in_one_sentence(tmp_path):
-    from pmc_min.tiny import make_dataset
+    from pmc_min.tiny_data import make_dataset
 
     make_dataset(tmp_path)
     (tmp_path / "world_facts_perturbed.json").write_text('{"question": "q", "answer": "a", "perturbed_answer": "b"}\n')
@@ -174,7 +174,7 @@ def test_malformed_perturbed_answers_end_in_one_sentence(tmp_path):
 
 def test_run_py_eval_tofu_writes_what_recomputes_both_headline_numbers(tmp_path):
     from test_data_eval import run_py
-    from pmc_min.tiny import make_dataset
+    from pmc_min.tiny_data import make_dataset
 
     make_dataset(tmp_path / "data")
     write_hf_phi(tmp_path / "phi", seed=2)
