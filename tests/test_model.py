@@ -9,7 +9,7 @@ from safetensors.torch import save_file
 import pmc_min
 from pmc_min.checkpoint import config_from_hf
 from pmc_min.kv_cache import clear_cache, setup_cache
-from pmc_min.model import Config, Transformer, causal_lm_loss
+from pmc_min.model import Transformer, causal_lm_loss
 from helpers import hf_phi, hf_positions, left_padded_batch, write_hf_phi
 
 CONFIGS = {

@@ -1,0 +1,84 @@
+"""What a run reports: results.json (valid JSON), the markdown table it prints,
+and its figures (with the optional matplotlib)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from .evaluate import SPLITS
+from .resume import atomic_write_text
+
+
+def finite(value):
+    """value with every NaN or infinity replaced by None, so that results.json is valid JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite(v) for v in value]
+    return value
+
+
+def write_json(path: Path, value, indent: int | None = None) -> None:
+    atomic_write_text(path, json.dumps(finite(value), indent=indent, allow_nan=False, default=str) + "\n")
+
+
+def markdown_table(before: dict, after: dict) -> str:
+    rows = ["| | unlearn quality | utility | " + " | ".join(SPLITS) + " |",
+            "|---|---|---|" + "---|" * len(SPLITS)]
+    for name, r in (("before", before), ("after", after)):
+        recall = " | ".join(f"{r['rouge_l_recall'][s]:.3f}" for s in SPLITS)
+        rows.append(f"| {name} | {r['unlearn_quality']:.1f} | {r['utility']:.1f} | {recall} |")
+    if "tofu" in after:
+        rows += ["", "| | forget quality (KS p-value) | model utility |", "|---|---|---|"]
+        for name, r in (("before", before), ("after", after)):
+            fq = r["tofu"].get("forget_quality")
+            rows.append(f"| {name} | {'-' if fq is None else f'{fq:.3g}'} | {r['tofu']['model_utility']:.3f} |")
+    return "\n".join(rows)
+
+
+def pyplot():
+    """matplotlib.pyplot with a file-only backend, or None when the optional `plot` extra is missing."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    return plt
+
+
+def plot_curves(curves: dict, path: Path) -> bool:
+    plt = pyplot()
+    if plt is None:
+        return False
+    fig, ax = plt.subplots(1, 3, figsize=(13, 3.5))
+    ax[0].plot(curves["step"], curves["picked_rouge_l"])
+    ax[0].set(title="mean ROUGE-L of picks vs y0", xlabel="optimizer step")
+    ax[1].plot(curves["step"], curves["retain_loss"])
+    ax[1].set(title="retain NLL", xlabel="optimizer step")
+    ax[2].plot(curves["gt_forget_nll_epoch"], curves["gt_forget_nll"], "o-")
+    ax[2].set(title="ground-truth forget NLL (monitoring only)", xlabel="epoch")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def plot_overunlearn(result: dict, path: Path) -> bool:
+    plt = pyplot()
+    if plt is None:
+        return False
+    if not result.get("n_tokens"):
+        return False
+    edges, counts = result["histogram"]["edges"], result["histogram"]["counts"]
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    ax.bar(edges[:-1], counts, width=edges[1] - edges[0], align="edge")
+    ax.set(title="p_after(y_t|x) - p_base(y_t|x), forget tokens in unrelated text", xlabel="difference")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
