@@ -16,7 +16,7 @@ from .data import load_split
 from .evaluate import evaluate
 from .resume import atomic_write_text, latest_state, load_state, save_state
 from .sample import Sampling
-from .train import NonFiniteLoss, UnlearnConfig, finetune, unlearn
+from .train import NonFiniteLoss, TrainingState, UnlearnConfig, finetune, unlearn
 from .errors import UserError
 
 
@@ -66,7 +66,7 @@ def starting_point(run: Run):
     latest = latest_state(run.out) if args.resume else None
     if latest is not None:
         model, tokenizer, state = load_state(latest, device=args.device)
-        print(f"Resuming from {latest} (epoch {state['epoch']} of {run.cfg.epochs}).")
+        print(f"Resuming from {latest} (epoch {state.epoch} of {run.cfg.epochs}).")
         return model, run.prompted(tokenizer), state, json.loads((run.out / "before.json").read_text())
     if args.resume and (run.out / "finetuned" / "READY").is_file():
         return *run.load(run.out / "finetuned"), None, None
@@ -123,8 +123,8 @@ def train(run: Run, model, tokenizer, state):
     """(model, tokenizer, curves) after unlearning, or the retain-only reference with --reference."""
     args = run.args
 
-    def on_epoch_end(st: dict) -> None:
-        if args.save_every and (st["epoch"] % args.save_every == 0 or st["final"]):
+    def on_epoch_end(st: TrainingState) -> None:
+        if args.save_every and (st.epoch % args.save_every == 0 or st.final):
             save_state(run.out, model, tokenizer, st)
 
     try:

@@ -22,6 +22,8 @@ import torch
 
 from .checkpoint import load, save
 from .errors import UserError
+from .pmc import BestSoFar
+from .train import TrainingState
 
 
 def fsync_path(path: Path) -> None:
@@ -42,24 +44,24 @@ def atomic_write_text(path: Path, text: str) -> None:
     fsync_path(path.parent)
 
 
-def _json_state(state: dict) -> dict:
-    return {"epoch": state["epoch"], "step": state["step"], "curves": state["curves"], "y0": state["y0"],
-            "rng": [state["rng"][0], list(state["rng"][1]), state["rng"][2]],
-            "cache_answers": {str(k): v for k, v in state["cache_answers"].items()},
-            "cache_scores": {str(k): v for k, v in state["cache_scores"].items()}}
+def _json_state(state: TrainingState) -> dict:
+    return {"epoch": state.epoch, "step": state.step, "curves": state.curves, "y0": state.y0,
+            "rng": [state.rng[0], list(state.rng[1]), state.rng[2]],
+            "cache_answers": {str(k): v for k, v in state.cache.answers.items()},
+            "cache_scores": {str(k): v for k, v in state.cache.scores.items()}}
 
 
-def save_state(out: Path, model, tokenizer, state: dict, keep: int = 1) -> Path:
-    """Write epoch state["epoch"]'s checkpoint atomically and point LATEST at it."""
+def save_state(out: Path, model, tokenizer, state: TrainingState, keep: int = 1) -> Path:
+    """Write epoch state.epoch's checkpoint atomically and point LATEST at it."""
     root = Path(out) / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
-    name = f"epoch-{state['epoch']:04d}"
+    name = f"epoch-{state.epoch:04d}"
     tmp = root / f".tmp-{name}"
     if tmp.exists():
         shutil.rmtree(tmp)
     save(model, tokenizer, tmp)
-    torch.save({"optimizer": state["optimizer"], "scheduler": state["scheduler"],
-                "ref_logprob": state.get("ref_logprob")}, tmp / "trainer.pt")
+    torch.save({"optimizer": state.optimizer, "scheduler": state.scheduler, "ref_logprob": state.ref_logprob},
+               tmp / "trainer.pt")
     (tmp / "state.json").write_text(json.dumps(_json_state(state)) + "\n")
     for f in tmp.iterdir():
         fsync_path(f)
@@ -87,12 +89,13 @@ def latest_state(out: Path) -> Path | None:
 
 
 def load_state(path: Path, device="cpu"):
-    """(model, tokenizer, state) to pass to train.unlearn(resume=state)."""
+    """(model, tokenizer, TrainingState) to pass to train.unlearn(resume=state)."""
     model, tokenizer = load(path, device=device)
-    state = json.loads((Path(path) / "state.json").read_text())
+    saved = json.loads((Path(path) / "state.json").read_text())
     trainer = torch.load(Path(path) / "trainer.pt", map_location=device, weights_only=True)
-    state.update(trainer)
-    state["rng"] = (state["rng"][0], tuple(state["rng"][1]), state["rng"][2])
-    state["cache_answers"] = {int(k): v for k, v in state["cache_answers"].items()}
-    state["cache_scores"] = {int(k): v for k, v in state["cache_scores"].items()}
+    state = TrainingState(epoch=saved["epoch"], step=saved["step"], curves=saved["curves"], y0=saved["y0"],
+                          rng=(saved["rng"][0], tuple(saved["rng"][1]), saved["rng"][2]),
+                          cache=BestSoFar({int(k): v for k, v in saved["cache_answers"].items()},
+                                          {int(k): v for k, v in saved["cache_scores"].items()}),
+                          **trainer)
     return model, tokenizer, state

@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import math
 import random
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import torch
 from tqdm import tqdm
@@ -218,109 +218,172 @@ def method_loss(model: Transformer, cfg: UnlearnConfig, forget: dict, retain: di
     return baselines.LOSSES[cfg.method](model, forget, retain, cfg.lam, **extra)
 
 
+CURVES = ("step", "epoch", "lr", "loss", "retain_loss", "forget_loss", "picked_rouge_l", "gt_forget_nll_epoch",
+          "gt_forget_nll")
+
+
+@dataclass
+class TrainingState:
+    """Everything an unlearning run needs to continue after an epoch (`unlearn(resume=...)`),
+    which resume.py writes to a checkpoint and reads back."""
+    epoch: int = 0  # epochs done
+    step: int = 0  # optimizer steps done
+    final: bool = False  # the run's last epoch is done
+    optimizer: dict | None = None
+    scheduler: dict | None = None
+    rng: tuple | None = None  # the batch order's random.Random state
+    curves: dict = field(default_factory=lambda: {k: [] for k in CURVES})
+    y0: list[str] | None = None  # PMC's reference answers (step 1)
+    cache: pmc.BestSoFar = field(default_factory=pmc.BestSoFar)  # PMC's picks (step 5)
+    ref_logprob: torch.Tensor | None = None  # NPO's reference log-probabilities
+
+
+class Curves:
+    """The training curves: per optimizer step, the mean of what its micro-batches logged."""
+
+    def __init__(self, curves: dict):
+        self.curves, self.parts = curves, {}
+
+    def add(self, **values) -> None:
+        for k, v in values.items():
+            self.parts.setdefault(k, []).extend(v if isinstance(v, list) else [v])
+
+    def step(self, step: int, epoch: int, lr: float) -> None:
+        self.curves["lr"].append(lr)
+        self.curves["step"].append(step)
+        self.curves["epoch"].append(epoch)
+        for k in ("loss", "retain_loss", "forget_loss", "picked_rouge_l"):
+            values = self.parts.pop(k, [])
+            self.curves[k].append(sum(values) / len(values) if values else None)
+
+    def epoch(self, epoch: int, gt_forget_nll: float) -> None:
+        self.curves["gt_forget_nll_epoch"].append(epoch)
+        self.curves["gt_forget_nll"].append(gt_forget_nll)
+
+
+class ForgetSide:
+    """The forget half of a baseline's loss: the forget questions with their ground-truth
+    answers (IDK: with "I don't know.")."""
+    kind = "forget"
+
+    def __init__(self, model, tokenizer, forget_rows, cfg: UnlearnConfig, state: TrainingState):
+        self.tokenizer, self.rows, self.cfg, self.device = tokenizer, forget_rows, cfg, model.device
+
+    def prepare(self, idx: list[int], seed: int) -> None:
+        pass
+
+    def batch(self, idx: list[int]) -> dict:
+        answers = [baselines.IDK_ANSWER if self.cfg.method == "idk" else self.rows[q]["answer"] for q in idx]
+        return encode_qa(self.tokenizer, [self.rows[q]["question"] for q in idx], answers, self.cfg.max_length,
+                         self.device)
+
+
+class Collapse(ForgetSide):
+    """PMC's forget half (docs/method.md §2): before each micro-batch, steps 2-5 resample its
+    questions from the current weights (in sample_dtype if one is set) into the best-so-far
+    cache; the batch then holds the questions and their cached picks only."""
+    kind = "collapse"
+
+    def __init__(self, model, tokenizer, forget_rows, cfg: UnlearnConfig, state: TrainingState):
+        super().__init__(model, tokenizer, forget_rows, cfg, state)
+        self.model, self.state, self.questions = model, state, [r["question"] for r in forget_rows]
+        dtype = getattr(torch, cfg.sample_dtype) if cfg.sample_dtype else model.dtype
+        self.sampler = (model if dtype == model.dtype else
+                        build(model.config, dict(model.state_dict()), device=model.device, dtype=dtype))
+
+    def prepare(self, idx: list[int], seed: int) -> None:
+        if self.sampler is not self.model:
+            self.sampler.load_weights_from(self.model)
+        cfg = self.cfg
+        pmc.resample(self.sampler, self.tokenizer, self.state.cache, idx, self.questions, self.state.y0,
+                     n=cfg.n_samples, sampling=cfg.sampling, max_length=cfg.max_length, min_len=cfg.min_len,
+                     seed=seed, compile=cfg.compile)
+
+    def batch(self, idx: list[int]) -> dict:
+        cache = self.state.cache
+        return pmc.collapse_batch(self.tokenizer, [self.questions[q] for q in idx], [cache.answers[q] for q in idx],
+                                  self.cfg.max_length, self.device)
+
+
+def draw_seed(seed: int, step: int, micro_batch: int) -> int:
+    """The seed of one PMC draw: distinct for every (run seed, optimizer step, micro-batch)."""
+    return seed * 1_000_003 + step * 997 + micro_batch
+
+
 def unlearn(model: Transformer, tokenizer: Tokenizer, forget_rows: list[dict], retain_rows: list[dict],
-            cfg: UnlearnConfig, *, on_batch=None, on_epoch_end=None, resume: dict | None = None,
+            cfg: UnlearnConfig, *, on_batch=None, on_epoch_end=None, resume: TrainingState | None = None,
             progress: bool = True) -> dict:
     """Unlearn forget_rows with cfg.method; returns the training curves.
 
     on_batch(kind, batch), if given, sees every batch that enters a loss
     (kind: "collapse", "forget" or "retain"). on_epoch_end(state) receives,
-    after every epoch, everything needed to continue (`resume=state`): the
-    optimizer, schedule and sampling-order states, PMC's y0 and best-so-far
-    cache, and the curves so far. The model's weights are the caller's to save."""
+    after every epoch, the TrainingState to continue from (`resume=state`).
+    The model's weights are the caller's to save."""
     cfg.validate()
     device, rng = model.device, random.Random(cfg.seed)
-    questions = [r["question"] for r in forget_rows]
-    length = RunLength.of(len(questions), cfg.batch_size, cfg.grad_accum, cfg.epochs)
+    length = RunLength.of(len(forget_rows), cfg.batch_size, cfg.grad_accum, cfg.epochs)
     opt, sched = optimizer_and_schedule(model, cfg.lr, cfg.weight_decay, length.max_steps, length.warmup)
-    y0, cache, ref_logprob = None, pmc.BestSoFar(), None
     if resume is not None:
-        opt.load_state_dict(resume["optimizer"])
-        sched.load_state_dict(resume["scheduler"])
-        rng.setstate(resume["rng"])
-        curves, y0, first_epoch, step = resume["curves"], resume["y0"], resume["epoch"], resume["step"]
-        cache = pmc.BestSoFar(dict(resume["cache_answers"]), dict(resume["cache_scores"]))
-        ref_logprob = resume.get("ref_logprob")
+        state = resume
+        opt.load_state_dict(state.optimizer)
+        sched.load_state_dict(state.scheduler)
+        rng.setstate(state.rng)
     else:
-        curves = {"step": [], "epoch": [], "lr": [], "loss": [], "retain_loss": [], "forget_loss": [],
-                  "picked_rouge_l": [], "gt_forget_nll_epoch": [], "gt_forget_nll": []}
-        first_epoch = step = 0
-        if cfg.method == "pmc":
-            y0 = pmc.initial_answers(model, tokenizer, questions, cfg.max_length)
+        state = TrainingState()
+        if cfg.method == "pmc":  # step 1
+            state.y0 = pmc.initial_answers(model, tokenizer, [r["question"] for r in forget_rows], cfg.max_length)
         elif cfg.method == "npo":
-            ref_logprob = reference_logprobs(model, tokenizer, forget_rows, cfg)
-
-    def forget_batch(idx: list[int]) -> dict:
-        """The forget side of the loss for one micro-batch of forget indices."""
-        if cfg.method == "pmc":
-            return pmc.collapse_batch(tokenizer, [questions[q] for q in idx], [cache.answers[q] for q in idx],
-                                      cfg.max_length, device)
-        answers = [baselines.IDK_ANSWER if cfg.method == "idk" else forget_rows[q]["answer"] for q in idx]
-        return encode_qa(tokenizer, [questions[q] for q in idx], answers, cfg.max_length, device)
-
-    sampler = model  # PMC draws from the current weights, in sample_dtype if one is set
-    sample_dtype = getattr(torch, cfg.sample_dtype) if cfg.sample_dtype else model.dtype
-    if cfg.method == "pmc" and sample_dtype != model.dtype:
-        sampler = build(model.config, dict(model.state_dict()), device=model.device, dtype=sample_dtype)
+            state.ref_logprob = reference_logprobs(model, tokenizer, forget_rows, cfg)
+    forget = (Collapse if cfg.method == "pmc" else ForgetSide)(model, tokenizer, forget_rows, cfg, state)
+    curves = Curves(state.curves)
     model.train()
-    bar = tqdm(total=length.max_steps, initial=step, desc=f"unlearn ({cfg.method})", disable=not progress)
-    for epoch in range(first_epoch, length.epochs):
-        order = list(range(len(questions)))
+    bar = tqdm(total=length.max_steps, initial=state.step, desc=f"unlearn ({cfg.method})", disable=not progress)
+    for epoch in range(state.epoch, length.epochs):
+        order = list(range(len(forget_rows)))
         rng.shuffle(order)
-        parts: dict[str, list[float]] = {}
         for i in range(length.micro):
-            if step == length.max_steps:  # the Trainer stops here, partway through the last epoch
+            if state.step == length.max_steps:  # the Trainer stops here, partway through the last epoch
                 break
             idx = order[i * cfg.batch_size:(i + 1) * cfg.batch_size]
             retain_idx = rng.sample(range(len(retain_rows)), k=min(len(idx), len(retain_rows)))
+            forget.prepare(idx, draw_seed(cfg.seed, state.step, i))
             if cfg.method == "pmc":
-                if sampler is not model:
-                    sampler.load_weights_from(model)
-                pmc.resample(sampler, tokenizer, cache, idx, questions, y0, n=cfg.n_samples, sampling=cfg.sampling,
-                             max_length=cfg.max_length, min_len=cfg.min_len, seed=cfg.seed * 1_000_003 + step * 997 + i,
-                             compile=cfg.compile)
-                parts.setdefault("picked_rouge_l", []).extend(cache.scores[q] for q in idx)
-            fb = forget_batch(idx)
+                curves.add(picked_rouge_l=[state.cache.scores[q] for q in idx])
+            fb = forget.batch(idx)
             rb = encode_rows(tokenizer, [retain_rows[j] for j in retain_idx], cfg.max_length, device)
             if on_batch is not None:
-                on_batch("collapse" if cfg.method == "pmc" else "forget", fb)
+                on_batch(forget.kind, fb)
                 on_batch("retain", rb)
             with autocast(device):
-                loss, logs = method_loss(model, cfg, fb, rb, None if ref_logprob is None else ref_logprob[idx])
+                ref = None if state.ref_logprob is None else state.ref_logprob[idx]
+                loss, logs = method_loss(model, cfg, fb, rb, ref)
             check_finite(loss, f"in unlearning epoch {epoch + 1}")
             (loss / cfg.grad_accum).backward()
-            for k, v in {"loss": loss.item(), **logs}.items():
-                parts.setdefault(k, []).append(v)
+            curves.add(loss=loss.item(), **logs)
             if (i + 1) % cfg.grad_accum == 0 or i + 1 == length.micro:
-                curves["lr"].append(sched.get_last_lr()[0])
+                lr = sched.get_last_lr()[0]
                 optimizer_step(model, opt, sched, cfg.max_grad_norm)
-                step += 1
-                curves["step"].append(step)
-                curves["epoch"].append(epoch + 1)
-                for k in ("loss", "retain_loss", "forget_loss", "picked_rouge_l"):
-                    values = parts.pop(k, [])
-                    curves[k].append(sum(values) / len(values) if values else None)
+                state.step += 1
+                curves.step(state.step, epoch + 1, lr)
                 bar.update()
-                bar.set_postfix(epoch=epoch + 1, loss=f"{curves['loss'][-1]:.3f}",
-                                **({"picked_rouge": f"{curves['picked_rouge_l'][-1]:.3f}"}
+                bar.set_postfix(epoch=epoch + 1, loss=f"{state.curves['loss'][-1]:.3f}",
+                                **({"picked_rouge": f"{state.curves['picked_rouge_l'][-1]:.3f}"}
                                    if cfg.method == "pmc" else {}))
         model.eval()
-        curves["gt_forget_nll_epoch"].append(epoch + 1)
-        curves["gt_forget_nll"].append(forget_nll(model, tokenizer, forget_rows, cfg.max_length))
+        curves.epoch(epoch + 1, forget_nll(model, tokenizer, forget_rows, cfg.max_length))
         model.train()
+        state.epoch, state.final = epoch + 1, epoch + 1 == length.epochs
+        state.optimizer, state.scheduler, state.rng = opt.state_dict(), sched.state_dict(), rng.getstate()
         if on_epoch_end is not None:
-            on_epoch_end({"epoch": epoch + 1, "final": epoch + 1 == length.epochs, "step": step, "optimizer": opt.state_dict(),
-                          "scheduler": sched.state_dict(), "rng": rng.getstate(), "curves": curves, "y0": y0,
-                          "cache_answers": cache.answers, "cache_scores": cache.scores,
-                          "ref_logprob": ref_logprob})
+            on_epoch_end(state)
     bar.close()
     model.eval()
-    curves = dict(curves)
+    result = dict(state.curves)
     if cfg.method == "pmc":
-        curves["y0"] = y0
-        curves["final_picks"] = [cache.answers.get(q) for q in range(len(questions))]
-    curves["config"] = asdict(cfg)
-    return curves
+        result["y0"] = state.y0
+        result["final_picks"] = [state.cache.answers.get(q) for q in range(len(forget_rows))]
+    result["config"] = asdict(cfg)
+    return result
 
 
-__all__ = ["UnlearnConfig", "RunLength", "METHODS", "NonFiniteLoss", "finetune", "unlearn"]
+__all__ = ["UnlearnConfig", "RunLength", "TrainingState", "METHODS", "NonFiniteLoss", "finetune", "unlearn"]

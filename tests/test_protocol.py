@@ -55,7 +55,7 @@ def test_a_run_makes_the_authors_steps_on_hfs_linear_schedule(tmp_path):
     ends = []
     cfg = UnlearnConfig(method="ga", epochs=3, batch_size=16, grad_accum=4, lr=1e-3, max_length=32)
     curves = unlearn(model, tok, forget, retain, cfg, progress=False, on_epoch_end=lambda st: ends.append(
-        (st["epoch"], st["step"], st["final"])))
+        (st.epoch, st.step, st.final)))
     assert curves["step"] == [1, 2, 3, 4] and curves["epoch"] == [1, 1, 2, 2]
     assert ends == [(1, 2, False), (2, 4, True)]
     opt = torch.optim.AdamW([torch.zeros(1, requires_grad=True)], lr=1e-3)
