@@ -17,6 +17,7 @@ them, so a padded row computes the same logits as the unpadded sequence.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 
@@ -304,6 +305,13 @@ class Transformer(nn.Module):
         return self.lm_head(self.final_layernorm(x))
 
 
+def autocast(device: torch.device):
+    """bf16 autocast on a GPU (weights stay float32), nothing on a CPU."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
 def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
     """Next-token NLL: token t+1 is predicted from position t; labels of -100
     (prompt, padding) are ignored. reduction='none' gives one mean per row."""
@@ -320,4 +328,4 @@ def nll(model: Transformer, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     return causal_lm_loss(model(batch["input_ids"], batch["attention_mask"]), batch["labels"])
 
 
-__all__ = ["Config", "ConfigError", "Transformer", "causal_lm_loss", "nll"]
+__all__ = ["Config", "ConfigError", "Transformer", "autocast", "causal_lm_loss", "nll"]

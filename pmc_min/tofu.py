@@ -36,7 +36,7 @@ import torch
 
 from .data import load_split
 from .errors import UserError
-from .model import Transformer, causal_lm_loss
+from .model import Transformer, autocast, causal_lm_loss
 from .qa import encode_qa, generate_answers
 from .rouge import rouge_l_recall
 from .stats import harmonic_mean, ks_2samp
@@ -66,8 +66,6 @@ def tofu_sets(data_dir, split: str) -> dict[str, list[dict]]:
 def avg_losses(model: Transformer, tokenizer: Tokenizer, questions: list[str], answers: list[str],
                max_length: int, batch_size: int = 32) -> np.ndarray:
     """avg_loss per (question, answer) pair: the mean NLL of the answer's labelled tokens."""
-    from .train import autocast
-
     model.eval()
     out = []
     for i in range(0, len(questions), batch_size):

@@ -10,7 +10,6 @@ model as it is at that moment.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import random
 from dataclasses import asdict, dataclass, field
@@ -21,7 +20,7 @@ from tqdm import tqdm
 from . import baselines, pmc
 from .checkpoint import build
 from .errors import UserError
-from .model import Transformer, nll
+from .model import Transformer, autocast, nll
 from .qa import encode_qa, encode_rows
 from .sample import Sampling
 from .tokenizer import Tokenizer
@@ -80,12 +79,6 @@ class UnlearnConfig:
             problems.append(f"the learning rate must be positive, not {self.lr}")
         if problems:
             raise UserError(f"Bad hyperparameter: {'; '.join(problems)}.")
-
-
-def autocast(device: torch.device):
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 def optimizer_and_schedule(model: Transformer, lr: float, weight_decay: float, total_steps: int, warmup_steps: int):
