@@ -177,3 +177,9 @@ def test_hyperparameters_out_of_range(setup, flag, value, pattern):
 
 def test_resume_of_a_folder_without_a_run(tmp_path):
     assert_clean_error(run_py("--resume", str(tmp_path)), r"holds no run.json; --resume takes the --out folder")
+
+
+def test_out_that_cannot_be_created_fails_before_any_work(setup, tmp_path):
+    (tmp_path / "file").write_text("not a folder\n")
+    out = run_py(*args(setup, tmp_path / "file" / "run")[:-1] + [str(tmp_path / "file" / "run")])
+    assert_clean_error(out, r"--out .*file/run cannot be created \(Not a directory\)\.")
