@@ -31,7 +31,7 @@ from pmc_min.report import write_json
 from pmc_min.resume import atomic_write_text
 from pmc_min.sample import Sampling
 from pmc_min.tokenizer import chat_format
-from pmc_min.train import METHODS, UnlearnConfig
+from pmc_min.train import METHODS, UnlearnConfig, run_length
 
 # Every default a run takes, by kind of model, over UnlearnConfig's (the authors' Phi-1.5 configuration,
 # docs/method.md §2). A checkpoint whose tokenizer has a chat template gets the authors'
@@ -203,9 +203,12 @@ def settle(args, argv: list[str]) -> Run:
         checkpoint.load_config(model_dir)
     preset = "tiny" if args.model == "tiny" else preset_of(model_dir)
     ft = {**PRESETS[preset]["finetune"], **({} if args.finetune_epochs is None else {"epochs": args.finetune_epochs})}
+    cfg = unlearn_config(args, preset)
+    if not args.reference:
+        run_length(len(splits[0]), cfg)  # a run too short for one optimizer step fails here, not after evaluating
     if not args.resume:
         atomic_write_text(out / "run.json", json.dumps({"argv": argv}) + "\n")
-    return Run(args, preset, unlearn_config(args, preset), ft, PRESETS[preset]["chat"], evals,
+    return Run(args, preset, cfg, ft, PRESETS[preset]["chat"], evals,
                args.eval_samples or PRESETS[preset]["eval_samples"], out, data_dir, model_dir, *splits,
                probe_texts(args, data_dir) if "overunlearn" in evals else None)
 

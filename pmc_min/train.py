@@ -128,6 +128,17 @@ class RunLength:
         return math.ceil(self.max_steps / self.steps_per_epoch)
 
 
+def run_length(n_questions: int, cfg: UnlearnConfig) -> RunLength:
+    """cfg's RunLength on n_questions; one clear sentence when it makes no optimizer step."""
+    length = RunLength.of(n_questions, cfg.batch_size, cfg.grad_accum, cfg.epochs)
+    if length.max_steps == 0 and cfg.epochs > 0:
+        raise UserError(f"{cfg.epochs} epoch(s) of {n_questions} forget questions in batches of "
+                        f"{cfg.batch_size} x {cfg.grad_accum} make no optimizer step (the authors' run length is "
+                        f"floor(epochs x questions / (batch x accumulation))); raise --epochs or lower --batch-size "
+                        f"or --grad-accum.")
+    return length
+
+
 class NonFiniteLoss(UserError):
     pass
 
@@ -314,7 +325,7 @@ def unlearn(model: Transformer, tokenizer: Tokenizer, forget_rows: list[dict], r
     The model's weights are the caller's to save."""
     cfg.validate()
     device, rng = model.device, random.Random(cfg.seed)
-    length = RunLength.of(len(forget_rows), cfg.batch_size, cfg.grad_accum, cfg.epochs)
+    length = run_length(len(forget_rows), cfg)
     opt, sched = optimizer_and_schedule(model, cfg.lr, cfg.weight_decay, length.max_steps, length.warmup)
     if resume is not None:
         state = resume

@@ -40,6 +40,16 @@ def test_run_length_is_the_authors(n, batch, accum, epochs, per_epoch, last_epoc
     assert (length.steps_per_epoch, length.epochs) == (per_epoch, last_epoch)
 
 
+def test_a_run_too_short_for_one_step_says_so(tmp_path):
+    write_hf_phi(tmp_path)
+    model, tok = pmc_min.load(tmp_path)
+    forget, retain = tiny_rows(4)
+    with pytest.raises(pmc_min.UserError, match=r"1 epoch\(s\) of 4 forget questions in batches of 4 x 2 make no "
+                                                r"optimizer step"):
+        unlearn(model, tok, forget, retain, UnlearnConfig(method="ga", epochs=1, batch_size=4, grad_accum=2),
+                progress=False)
+
+
 def tiny_rows(n):
     forget = [{"question": f"Where was author {i} born?", "answer": f"In city {i}."} for i in range(n)]
     retain = [{"question": f"What did author {i} write?", "answer": f"Book {i}."} for i in range(n)]

@@ -180,7 +180,7 @@ def test_run_py_eval_tofu_writes_what_recomputes_both_headline_numbers(tmp_path)
     write_hf_phi(tmp_path / "phi", seed=2)
     write_hf_phi(tmp_path / "ref", seed=3)
     common = ["--model", str(tmp_path / "phi"), "--data-dir", str(tmp_path / "data"), "--finetune-epochs", "0",
-              "--epochs", "1", "--batch-size", "5", "--n", "2", "--max-length", "40", "--limit", "10", "--no-progress"]
+              "--epochs", "1", "--batch-size", "5", "--grad-accum", "1", "--n", "2", "--max-length", "40", "--limit", "10", "--no-progress"]
     refused = run_py(*common, "--eval", "tofu", "--out", str(tmp_path / "no"))
     assert refused.returncode == 2 and refused.stderr.count("\n") == 1 and "--reference-model" in refused.stderr
     done = run_py(*common, "--eval", "tofu", "--reference-model", str(tmp_path / "ref"), "--out", str(tmp_path / "run"))
