@@ -25,8 +25,8 @@ import pmc_min
 from pmc_min import checkpoint, tiny, tofu
 from pmc_min.data import FORGET_SPLITS, RETAIN_OF, load_split, resolve_data_dir, wikitext_probe
 from pmc_min.evaluate import eval_sets
-from pmc_min.pipeline import (Evaluations, Run, finish_overunlearn, overunlearn_base, starting_point, train,
-                              write_results)
+from pmc_min.pipeline import (Evaluations, Run, finish_overunlearn, overunlearn_base, starting_point, tiny_default,
+                              train, write_results)
 from pmc_min.report import write_json
 from pmc_min.resume import atomic_write_text
 from pmc_min.sample import Sampling
@@ -157,8 +157,7 @@ def check_inputs(args) -> list[str]:
         raise pmc_min.UserError(f"--probe-text {args.probe_text} does not exist.")
     if (args.finetune_epochs or 0) < 0 or args.save_every < 0 or (args.limit is not None and args.limit < 1):
         raise pmc_min.UserError("--finetune-epochs and --save-every must not be negative, --limit at least 1.")
-    if "tofu" in evals and not (args.reference_model or (args.model == "tiny" and not args.data_dir)
-                                or args.reference):
+    if "tofu" in evals and not (args.reference_model or tiny_default(args) or args.reference):
         raise pmc_min.UserError("--eval tofu compares the forget set's truth ratios with the retain-only reference "
                                 "model's: pass --reference-model DIR (e.g. the model folder of a run with "
                                 "--reference retain).")
@@ -188,14 +187,13 @@ def settle(args, argv: list[str]) -> Run:
     if need be), and merge the defaults: the preset follows what the checkpoint is."""
     evals = check_inputs(args)
     out = output_folder(args)
-    tiny_default = args.model == "tiny" and not args.data_dir
     finetunes = bool(args.finetune_epochs) if args.model == "tiny" else args.finetune_epochs != 0  # reads `full`
-    if not tiny_default:
+    if not tiny_default(args):
         data_dir = resolve_data_dir(args.data_dir)
         splits = read_splits(data_dir, args, finetunes, "tofu" in evals)
     if args.model == "tiny":
         model_dir, tiny_data_dir = tiny.build(device=args.device, progress=not args.no_progress, log=print)
-        if tiny_default:
+        if tiny_default(args):
             data_dir = tiny_data_dir
             splits = read_splits(data_dir, args, finetunes, "tofu" in evals)
     else:

@@ -20,6 +20,11 @@ from .train import NonFiniteLoss, TrainingState, UnlearnConfig, finetune, unlear
 from .errors import UserError
 
 
+def tiny_default(args) -> bool:
+    """The embedded model on its own data."""
+    return args.model == "tiny" and not args.data_dir
+
+
 @dataclass
 class Run:
     """Everything a run needs, settled before any heavy work."""
@@ -41,8 +46,8 @@ class Run:
     probe: list[str] | None
 
     @property
-    def tiny_default(self) -> bool:  # the embedded model on its own data
-        return self.args.model == "tiny" and not self.args.data_dir
+    def tiny_default(self) -> bool:
+        return tiny_default(self.args)
 
     def log(self, *message) -> None:
         if not self.args.no_progress:
