@@ -29,7 +29,7 @@ from pmc_min.pipeline import (Evaluations, Run, finish_overunlearn, overunlearn_
                               train, write_results)
 from pmc_min.report import write_json
 from pmc_min.resume import atomic_write_text
-from pmc_min.sample import Sampling
+from pmc_min.sample import sampling_problems
 from pmc_min.tokenizer import chat_format
 from pmc_min.train import METHODS, UnlearnConfig, run_length
 
@@ -149,10 +149,8 @@ def check_inputs(args) -> list[str]:
     check_device(args.device)
     unlearn_config(args, "tiny" if args.model == "tiny" else "default")  # the command line's values
     evals = requested_evals(args)
-    try:
-        Sampling(args.eval_temperature)
-    except ValueError as e:
-        raise pmc_min.UserError(f"Bad --eval-temperature: {str(e).removeprefix('Bad sampling setting: ')}") from None
+    if problems := sampling_problems(args.eval_temperature, 1.0, None):  # the rules Sampling checks
+        raise pmc_min.UserError(f"Bad --eval-temperature: {problems[0]}.")
     if args.probe_text and not Path(args.probe_text).is_file():
         raise pmc_min.UserError(f"--probe-text {args.probe_text} does not exist.")
     if (args.finetune_epochs or 0) < 0 or args.save_every < 0 or (args.limit is not None and args.limit < 1):

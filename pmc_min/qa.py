@@ -69,8 +69,9 @@ def encode_qa(tokenizer: Tokenizer, questions: list[str], answers: list[str], ma
     end-of-turn token last when the text is cut, as the authors' encoding does."""
     rows, labels = [], []
     for q, a in zip(questions, answers):
-        p = tokenizer.encode(prompt(q, tokenizer.chat))
-        ids = tokenizer.encode(prompt(q, tokenizer.chat) + target(a, tokenizer.chat)) + [tokenizer.eos_id]
+        text = prompt(q, tokenizer.chat)
+        p = tokenizer.encode(text)
+        ids = tokenizer.encode(text + target(a, tokenizer.chat)) + [tokenizer.eos_id]
         lab = [-100] * len(p) + ids[len(p):]
         if len(ids) > max_length:
             ids, lab = ids[:max_length], lab[:max_length]

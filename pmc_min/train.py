@@ -22,7 +22,7 @@ from .checkpoint import build
 from .errors import UserError
 from .model import Transformer, autocast, nll
 from .qa import encode_qa, encode_rows
-from .sample import Sampling
+from .sample import Sampling, sampling_problems
 from .tokenizer import Tokenizer
 
 METHODS = ("pmc", "ga", "gd", "idk", "npo", "simnpo")
@@ -61,10 +61,7 @@ class UnlearnConfig:
         problems = []
         if self.method not in METHODS:
             problems.append(f"method must be one of {', '.join(METHODS)}, not {self.method!r}")
-        try:
-            self.sampling
-        except ValueError as e:
-            problems.append(str(e).removeprefix("Bad sampling setting: ").removesuffix("."))
+        problems += sampling_problems(self.temperature, self.top_p, self.top_k)  # the rules Sampling checks
         if self.n_samples < 1:
             problems.append(f"n (samples per question) must be at least 1, not {self.n_samples}")
         if not self.lam >= 0:
