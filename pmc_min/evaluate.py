@@ -15,24 +15,32 @@ both fields).
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from .data import RETAIN_OF, load_split
-from .model import Transformer
-from .qa import generate_answers
+from .model import Transformer, autocast, causal_lm_loss
+from .qa import encode_qa, generate_answers
 from .rouge import rouge_l_recall
 from .tokenizer import Tokenizer
 
 SPLITS = ("forget", "forget_paraphrased", "retain", "world_facts", "real_authors")
 
 
-def eval_sets(data_dir, split: str, full: bool = False) -> dict[str, tuple[list[str], list[str]]]:
-    """(questions, ground-truth answers) for each evaluation split."""
+def eval_sets(data_dir, split: str, full: bool = False, retain: list[dict] | None = None,
+              rows: int | None = None) -> dict[str, tuple[list[str], list[str]]]:
+    """(questions, ground-truth answers) for each evaluation split. With `rows` (the CPU
+    protocol), `rows` retain questions spread evenly over the given `retain` rows and the
+    first `rows` of world facts and real authors."""
     forget = load_split(data_dir, split)
     paraphrased = load_split(data_dir, f"{split}_perturbed", required=("paraphrased_question", "paraphrased_answer"))
-    retain = load_split(data_dir, RETAIN_OF[split])
-    if not full:
-        retain = [retain[i] for i in np.random.default_rng(12345).integers(0, len(retain), 400)]
     world, real = load_split(data_dir, "world_facts"), load_split(data_dir, "real_authors")
+    if rows is not None:
+        retain = retain[::max(1, len(retain) // rows)][:rows]
+        world, real = world[:rows], real[:rows]
+    else:
+        retain = load_split(data_dir, RETAIN_OF[split])
+        if not full:
+            retain = [retain[i] for i in np.random.default_rng(12345).integers(0, len(retain), 400)]
     qa = lambda rows, q="question", a="answer": ([r[q] for r in rows], [r[a] for r in rows])  # noqa: E731
     return {"forget": qa(forget), "forget_paraphrased": qa(paraphrased, "paraphrased_question", "paraphrased_answer"),
             "retain": qa(retain), "world_facts": qa(world), "real_authors": qa(real)}
@@ -44,14 +52,33 @@ def summarise(rouge: dict[str, float]) -> dict[str, float]:
 
 
 def evaluate(model: Transformer, tokenizer: Tokenizer, sets: dict, max_length: int = 200,
-             examples: int = 3) -> dict:
-    """Greedy answers on every split; ROUGE-L recall vs the ground truth; the two summary numbers."""
-    rouge, shown = {}, {}
+             examples: int = 5) -> tuple[dict, dict[str, list[str]]]:
+    """Greedy answers on every split; ROUGE-L recall vs the ground truth; the two summary
+    numbers. Returns (result, the greedy answers of every split)."""
+    rouge, shown, greedy = {}, {}, {}
     for name, (questions, answers) in sets.items():
-        generated = [g[0] for g in generate_answers(model, tokenizer, questions, n=1,
-                                                     max_length=max_length)]
-        rouge[name] = float(np.mean([rouge_l_recall(a, g) for a, g in zip(answers, generated)]))
+        greedy[name] = [g[0] for g in generate_answers(model, tokenizer, questions, n=1, max_length=max_length)]
+        rouge[name] = float(np.mean([rouge_l_recall(a, g) for a, g in zip(answers, greedy[name])]))
         shown[name] = [{"question": q, "answer": a, "generated": g}
-                       for q, a, g in list(zip(questions, answers, generated))[:examples]]
+                       for q, a, g in list(zip(questions, answers, greedy[name]))[:examples]]
     summary = summarise(rouge) if set(SPLITS) <= set(rouge) else {}
-    return {**summary, "rouge_l_recall": rouge, "examples": shown}
+    return {**summary, "rouge_l_recall": rouge, "examples": shown}, greedy
+
+
+@torch.no_grad()
+def fluency_nll(scorer: Transformer, tokenizer: Tokenizer, questions: list[str], answers: list[str],
+                max_length: int, batch_size: int = 32) -> float:
+    """The mean per-token NLL of the answers under `scorer`, each prompted with its question
+    (answer tokens and the end-of-answer token, as in training; tokens pooled over answers).
+    Scored by the pretrained model before any TOFU fine-tuning, it tells language from noise."""
+    total, count = 0.0, 0
+    for i in range(0, len(questions), batch_size):
+        batch = encode_qa(tokenizer, questions[i:i + batch_size], answers[i:i + batch_size], max_length,
+                          scorer.device)
+        with autocast(scorer.device):
+            per_row = causal_lm_loss(scorer(batch["input_ids"], batch["attention_mask"]), batch["labels"],
+                                     reduction="none").double()
+        tokens = (batch["labels"][:, 1:] != -100).sum(1)
+        total += float((per_row * tokens).sum())
+        count += int(tokens.sum())
+    return total / max(count, 1)

@@ -6,6 +6,7 @@ before any of them."""
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -13,7 +14,7 @@ from pathlib import Path
 from . import attacks, checkpoint, report, tiny, tiny_data, tofu
 from .checkpoint import load as load_model
 from .data import load_split
-from .evaluate import evaluate
+from .evaluate import evaluate, fluency_nll
 from .resume import atomic_write_text, latest_state, load_state, save_state
 from .sample import Sampling
 from .train import NonFiniteLoss, TrainingState, UnlearnConfig, finetune, unlearn
@@ -44,6 +45,7 @@ class Run:
     full_rows: list[dict] | None
     tofu_sets: dict | None
     probe: list[str] | None
+    finetuned_dir: Path | None = None  # the cached fine-tuned model the run starts from, if any
 
     @property
     def tiny_default(self) -> bool:
@@ -73,18 +75,40 @@ def starting_point(run: Run):
         model, tokenizer, state = load_state(latest, device=args.device)
         print(f"Resuming from {latest} (epoch {state.epoch} of {run.cfg.epochs}).")
         return model, run.prompted(tokenizer), state, json.loads((run.out / "before.json").read_text())
-    if args.resume and (run.out / "finetuned" / "READY").is_file():
-        return *run.load(run.out / "finetuned"), None, None
-    model, tokenizer = run.load(run.model_dir)
+    folder = run.model_dir
+    if run.finetuning["epochs"] > 0:
+        folder = run.finetuned_dir = finetuned(run, run.full_rows, "the model fine-tuned on TOFU")
+    model, tokenizer = run.load(folder)
     run.log(f"{args.model}: {model.num_parameters():,} parameters on {args.device}; data {run.data_dir}")
-    ft = run.finetuning
-    if ft["epochs"] > 0:
-        run.log(f"Fine-tuning on TOFU full ({len(run.full_rows)} QA) for {ft['epochs']} epochs ...")
-        finetune(model, tokenizer, run.full_rows, epochs=ft["epochs"], lr=ft["lr"], batch_size=ft["batch_size"],
-                 grad_accum=ft["grad_accum"], max_length=ft["max_length"], seed=args.seed,
-                 progress=not args.no_progress)
-        checkpoint.build_once(run.out / "finetuned", lambda tmp: checkpoint.save(model, tokenizer, tmp))
     return model, tokenizer, None, None
+
+
+def finetuned(run: Run, rows: list[dict], what: str, epochs: int | None = None) -> Path:
+    """The folder of run.model_dir fine-tuned on rows with the run's recipe, built once and
+    cached under the hash of everything that goes into it, so that every method (and the
+    retain-only reference) starts from the same model."""
+    ft = {**run.finetuning, **({} if epochs is None else {"epochs": epochs})}
+    weights = sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in Path(run.model_dir).iterdir()
+                     if f.suffix in (".safetensors", ".json"))
+    recipe = {"model": str(Path(run.model_dir).resolve()), "weights": weights, "finetune": ft, "chat": run.chat,
+              "seed": run.args.seed, "rows": [(r["question"], r["answer"]) for r in rows]}
+    key = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
+    folder = checkpoint.cache_root() / "finetuned" / f"{Path(run.model_dir).name}-{key}"
+    if (folder / "READY").is_file():
+        run.log(f"Using {what}, cached in {folder}.")
+        return folder
+
+    def build(tmp: Path) -> None:
+        model, tokenizer = run.load(run.model_dir)
+        run.log(f"Building {what}: {len(rows)} QA, {ft['epochs']} epochs (cached in {folder}) ...")
+        finetune(model, tokenizer, rows, epochs=ft["epochs"], lr=ft["lr"], batch_size=ft["batch_size"],
+                 grad_accum=ft["grad_accum"], max_length=ft["max_length"], seed=run.args.seed,
+                 progress=not run.args.no_progress)
+        checkpoint.save(model, tokenizer, tmp)
+        (tmp / "recipe.json").write_text(json.dumps({k: v for k, v in recipe.items() if k != "rows"} | {
+            "rows": len(rows)}, indent=1) + "\n")
+
+    return checkpoint.build_once(folder, build)
 
 
 class Evaluations:
@@ -96,20 +120,48 @@ class Evaluations:
                           if "mcq" in evals else None)
         self.token_set = (attacks.forget_tokens(tokenizer, [r["answer"] for r in rows], run.probe)
                           if "overunlearn" in evals else None)
-        self.reference_tr = (reference_truth_ratios(run) if "tofu" in evals
-                             and (run.args.reference_model or run.tiny_default) else None)
+        self.reference_tr = reference_truth_ratios(run) if "tofu" in evals else None
 
     def __call__(self, model, tokenizer, base_probs=None) -> dict:
-        run = self.run
-        result = evaluate(model, tokenizer, run.sets, max_length=run.cfg.max_length)
+        run, max_length = self.run, self.run.cfg.max_length
+        result, greedy = evaluate(model, tokenizer, run.sets, max_length=max_length)
+        questions = run.sets["forget"][0]
+        scorer, _ = load_model(run.model_dir, device=run.args.device)  # the model before any TOFU fine-tuning
+        result["fluency_nll"] = {"forget": fluency_nll(scorer, tokenizer, questions, greedy["forget"], max_length)}
+        del scorer
         if "tofu" in run.evals:
-            if self.reference_tr is None and run.args.reference:  # this run trained the reference itself
-                self.reference_tr = tofu.forget_truth_ratios(model, tokenizer, run.tofu_sets["forget"],
-                                                             run.cfg.max_length)
-            result["tofu"] = tofu.evaluate(model, tokenizer, run.tofu_sets, run.cfg.max_length, self.reference_tr)
+            known = {q: g for name, (qs, _) in run.sets.items() if name != "forget_paraphrased"
+                     for q, g in zip(qs, greedy[name])}
+            result["tofu"] = tofu.evaluate(model, tokenizer, run.tofu_sets, max_length, self.reference_tr, known)
         if set(run.evals) - {"tofu"}:
             result["robustness"] = robustness(model, tokenizer, run, self.perturbed, self.token_set, base_probs)
         return result
+
+
+def evaluate_before(run: Run, evaluations: Evaluations, model, tokenizer) -> dict:
+    """The evaluation before unlearning. A run that starts from a cached fine-tuned model keeps it
+    beside that model, under the hash of every input of the evaluation, so the next method on the
+    same model with the same evaluations reuses it."""
+    args, cfg = run.args, run.cfg
+    inputs = {"evals": run.evals, "sets": run.sets, "max_length": cfg.max_length, "tofu_sets": run.tofu_sets,
+              "reference": evaluations.reference_tr, "samples": run.eval_samples,
+              "sampling": [args.eval_temperature, cfg.top_p, cfg.top_k], "seed": args.seed,
+              "forget": [(r["question"], r["answer"]) for r in run.forget_rows], "probe": run.probe,
+              "perturbed": evaluations.perturbed, "data_dir": str(run.data_dir), "chat": run.chat,
+              "scorer": str(run.model_dir)}
+    path = None
+    if run.finetuned_dir is not None:
+        key = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:16]
+        path = run.finetuned_dir / "before" / f"{key}.json"
+        if path.is_file():
+            run.log(f"Using the evaluation before unlearning cached in {path}.")
+            return json.loads(path.read_text())
+    run.log("Evaluating before unlearning ...")
+    before = evaluations(model, tokenizer)
+    if path is not None:
+        path.parent.mkdir(exist_ok=True)
+        report.write_json(path, before)
+    return before
 
 
 def overunlearn_base(run: Run, ev: Evaluations, tokenizer, before: dict):
@@ -159,15 +211,19 @@ def finish_overunlearn(after: dict, before: dict, base_probs, base: str) -> None
         result.get("robustness", {}).get("overunlearn", {}).pop("probs", None)
 
 
-def write_results(run: Run, model, tokenizer, before: dict, after: dict, curves: dict, seconds: float) -> None:
+def write_results(run: Run, model, tokenizer, before: dict, after: dict, curves: dict, clock) -> None:
+    """results.json, the plots and the model; `clock` holds the wall seconds of each stage (`stages`)
+    and of the whole run (`total`)."""
     args, out = run.args, run.out
     checkpoint.save(model, tokenizer, out / "model")
     results = {"method": "reference-retain" if args.reference else args.method, "model": args.model,
                "split": args.split, "data_dir": str(run.data_dir),
                "config": {**asdict(run.cfg), "preset": run.preset, "chat": run.chat, "finetune": run.finetuning,
-                          "device": args.device, "limit": args.limit, "full_eval": args.full_eval,
+                          "device": args.device, "protocol": args.protocol, "eval_samples": run.eval_samples,
+                          "eval_temperature": args.eval_temperature, "limit": args.limit, "full_eval": args.full_eval,
                           "reference_model": args.reference_model},
-               "before": before, "after": after, "wall_seconds": round(seconds, 1), "curves": curves}
+               "before": before, "after": after, "wall_seconds": clock.total, "stage_seconds": clock.stages,
+               "curves": curves}
     report.write_json(out / "results.json", results, indent=1)
     plotted = bool(curves) and report.plot_curves(curves, out / "curves.png")
     if "overunlearn" in after.get("robustness", {}):
@@ -210,10 +266,7 @@ def reference_truth_ratios(run: Run) -> list[float]:
     path = run.out / "reference_truth_ratio.json"
     if path.is_file():
         return json.loads(path.read_text())
-    if args.reference_model:
-        folder = checkpoint.resolve(args.reference_model)
-    else:  # the tiny default's own reference, built once
-        folder = tiny.build_reference(args.split, device=args.device, progress=not args.no_progress)
+    folder = checkpoint.resolve(args.reference_model) if args.reference_model else reference_folder(run)
     reference, tokenizer = run.load(folder)
     ratios = tofu.forget_truth_ratios(reference, tokenizer, run.tofu_sets["forget"], run.cfg.max_length)
     atomic_write_text(path, json.dumps(ratios) + "\n")
@@ -222,11 +275,12 @@ def reference_truth_ratios(run: Run) -> list[float]:
 
 def reference_model(run: Run):
     """The model that never saw the forget split: for the tiny default the same recipe
-    on everything else; otherwise the base model fine-tuned on the retain split."""
-    args, ft, progress = run.args, run.finetuning, not run.args.no_progress
+    on everything else; otherwise the base model fine-tuned on the retain rows (cached)."""
+    return run.load(reference_folder(run))
+
+
+def reference_folder(run: Run) -> Path:
     if run.tiny_default:
-        return run.load(tiny.build_reference(args.split, device=args.device, progress=progress))
-    model, tokenizer = run.load(run.model_dir)
-    finetune(model, tokenizer, run.retain_rows, epochs=max(1, ft["epochs"]), lr=ft["lr"], batch_size=ft["batch_size"],
-             grad_accum=ft["grad_accum"], max_length=ft["max_length"], seed=args.seed, progress=progress)
-    return model, tokenizer
+        return tiny.build_reference(run.args.split, device=run.args.device, progress=not run.args.no_progress)
+    return finetuned(run, run.retain_rows, "the retain-only reference model",
+                     epochs=max(1, run.finetuning["epochs"]))

@@ -111,14 +111,18 @@ def split_metrics(name: str, losses: dict[str, np.ndarray], rouge: float) -> dic
 
 
 def evaluate(model: Transformer, tokenizer: Tokenizer, sets: dict[str, list[dict]], max_length: int,
-             reference_forget: list[float] | None = None) -> dict:
-    """TOFU's metrics of one model; forget quality when the reference model's forget truth ratios are given."""
-    splits, forget_tr = {}, None
+             reference_forget: list[float] | None = None, greedy: dict[str, str] | None = None) -> dict:
+    """TOFU's metrics of one model; forget quality when the reference model's forget truth ratios
+    are given. `greedy` maps questions to this model's greedy answers where they are known already
+    (at the same max_length); the other questions are answered here."""
+    splits, forget_tr, greedy = {}, None, dict(greedy or {})
     for name, rows in sets.items():
         losses = item_losses(model, tokenizer, rows, max_length)
-        generated = generate_answers(model, tokenizer, [r["question"] for r in rows], n=1,
-                                     max_length=max_length)
-        rouge = float(np.mean([rouge_l_recall(r["answer"], g[0]) for r, g in zip(rows, generated)]))
+        todo = [q for q in dict.fromkeys(r["question"] for r in rows) if q not in greedy]
+        if todo:
+            greedy.update(zip(todo, (g[0] for g in generate_answers(model, tokenizer, todo, n=1,
+                                                                     max_length=max_length))))
+        rouge = float(np.mean([rouge_l_recall(r["answer"], greedy[r["question"]]) for r in rows]))
         splits[name] = split_metrics(name, losses, rouge)
         if name == "forget":
             forget_tr = truth_ratios(losses).tolist()

