@@ -1,7 +1,7 @@
 """The real-model path in miniature: SmolLM2-135M-Instruct under the CPU protocol
-(fine-tuned on a TOFU slice, cached, evaluated, unlearned), two methods on the
-same cached fine-tuned model, and the fluency measure recomputed with
-transformers on the pretrained weights."""
+(fine-tuned on a TOFU slice, evaluated, unlearned) with the fluency measure
+recomputed by transformers on the pretrained weights; and two methods starting
+from the same cached fine-tuned model and cached evaluation before unlearning."""
 
 import importlib.util
 import json
@@ -47,16 +47,11 @@ def hf_fluency(folder: Path, examples: list[dict]) -> float:
 def test_smollm2_under_the_cpu_protocol_reuses_its_fine_tuned_model_and_scores_fluency(tmp_path):
     env = {**os.environ, "PMC_MIN_CACHE": str(tmp_path / "cache")}
     common = ["--model", "smollm2-135m", "--data-dir", str(TOFU), "--limit", "4", "--finetune-epochs", "1",
-              "--epochs", "1", "--batch-size", "4", "--n", "2", "--max-length", "64", "--no-progress"]
-    logs = []
-    for method in ("pmc", "ga"):
-        out = subprocess.run([sys.executable, str(ROOT / "run.py"), *common, "--method", method,
-                              "--out", str(tmp_path / method)], capture_output=True, text=True, cwd=ROOT, env=env,
-                             timeout=600)
-        assert out.returncode == 0, out.stderr[-3000:]
-        logs.append(out.stdout)
-    assert "Building the model fine-tuned on TOFU" in logs[0] and "Using the model fine-tuned on TOFU" in logs[1]
-    assert len(list((tmp_path / "cache" / "finetuned").iterdir())) == 1
+              "--epochs", "1", "--batch-size", "4", "--n", "2", "--max-length", "64", "--save-every", "0",
+              "--no-progress"]
+    out = subprocess.run([sys.executable, str(ROOT / "run.py"), *common, "--out", str(tmp_path / "pmc")],
+                         capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
 
     results = json.loads((tmp_path / "pmc" / "results.json").read_text())
     assert results["config"]["protocol"] == "cpu" and results["split"] == "forget01"
@@ -67,3 +62,29 @@ def test_smollm2_under_the_cpu_protocol_reuses_its_fine_tuned_model_and_scores_f
         examples = results[when]["examples"]["forget"]
         assert len(examples) == 4  # --limit 4: every forget answer is shown, so all are rescored here
         assert results[when]["fluency_nll"]["forget"] == pytest.approx(hf_fluency(pretrained, examples), rel=1e-4)
+
+
+def test_a_second_method_reuses_the_cached_fine_tuned_model_and_evaluation(tmp_path):
+    from helpers import write_hf_phi
+    from pmc_min.tiny_data import make_dataset
+
+    make_dataset(tmp_path / "data")
+    write_hf_phi(tmp_path / "phi")
+    env = {**os.environ, "PMC_MIN_CACHE": str(tmp_path / "cache")}
+    common = ["--model", str(tmp_path / "phi"), "--data-dir", str(tmp_path / "data"), "--limit", "4",
+              "--finetune-epochs", "2",  # (the first step's learning rate is 0: warmup) "--epochs", "1", "--batch-size", "4", "--n", "2", "--max-length", "40",
+              "--save-every", "0", "--no-progress"]
+    results = {}
+    for method in ("pmc", "ga"):
+        out = subprocess.run([sys.executable, str(ROOT / "run.py"), *common, "--method", method,
+                              "--out", str(tmp_path / method)], capture_output=True, text=True, cwd=ROOT, env=env,
+                             timeout=600)
+        assert out.returncode == 0, out.stderr[-3000:]
+        results[method] = json.loads((tmp_path / method / "results.json").read_text())
+    (finetuned,) = (tmp_path / "cache" / "finetuned").iterdir()  # built by the first run, reused by the second
+    assert len(list((finetuned / "before").iterdir())) == 1  # and so was the evaluation before unlearning
+    assert results["ga"]["before"] == results["pmc"]["before"]
+    # the cached model is the base fine-tuned on the slice: its weights differ from the base's
+    from safetensors.torch import load_file
+    base, tuned = load_file(tmp_path / "phi" / "model.safetensors"), load_file(finetuned / "model.safetensors")
+    assert any(not torch.equal(base[k], tuned[k]) for k in base)

@@ -18,10 +18,12 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-RUNS = [("PMC", ["--method", "pmc"]), ("PMC T=1.25 lr=1e-4", ["--method", "pmc", "--temperature", "1.25", "--lr", "1e-4"]),
-        ("retain-only reference", ["--reference", "retain"]),
-        ("GA", ["--method", "ga"]), ("GD", ["--method", "gd"]), ("IDK", ["--method", "idk"]),
-        ("NPO", ["--method", "npo"]), ("SimNPO", ["--method", "simnpo"])]
+# PMC with the protocol's defaults (T 1.25, lr 1e-4), and with the instruct preset's T 0.9 and half the lr.
+RUNS = [("PMC", ["--method", "pmc", "--temperature", "1.25", "--lr", "1e-4"]),
+        ("PMC T=0.9 lr=5e-5", ["--method", "pmc", "--temperature", "0.9", "--lr", "5e-5"]),
+        ("retain-only reference", ["--reference", "retain"]), ("NPO", ["--method", "npo"]),
+        ("SimNPO", ["--method", "simnpo"]), ("GA", ["--method", "ga"]), ("GD", ["--method", "gd"]),
+        ("IDK", ["--method", "idk"])]
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--out", default="runs/real")
