@@ -60,7 +60,7 @@ def train_until_known(model: Transformer, tokenizer: Tokenizer, rows: list[dict]
     def known(epoch: int) -> bool:
         if epoch % 5:
             return False
-        recall = evaluate(model, tokenizer, probe, max_length=96)["rouge_l_recall"]
+        recall = evaluate(model, tokenizer, probe, max_length=96)[0]["rouge_l_recall"]
         log(f"  epoch {epoch}: greedy ROUGE-L recall {', '.join(f'{k} {v:.3f}' for k, v in recall.items())}")
         return min(recall.values()) >= 0.97
 

@@ -61,7 +61,7 @@ def test_evaluate_scores_generations_against_the_ground_truth(monkeypatch):
     outputs = {"q1": "Paris is the capital.", "q2": "He writes poems."}
     monkeypatch.setattr(ev, "generate_answers", lambda m, t, qs, **k: [[outputs[q]] for q in qs])
     sets = {name: (list(answers), list(answers.values())) for name in ev.SPLITS}
-    r = ev.evaluate(None, None, sets)
+    r, _ = ev.evaluate(None, None, sets)
     assert r["rouge_l_recall"]["forget"] == pytest.approx((1.0 + 0.0) / 2)
     assert r["unlearn_quality"] == pytest.approx(50.0) and r["utility"] == pytest.approx(50.0)
 

@@ -37,7 +37,7 @@ def args(root, out, epochs=3, limit=15):
 
 def comparable(out: Path) -> dict:
     results = json.loads((out / "results.json").read_text())
-    results.pop("wall_seconds")
+    results.pop("wall_seconds"), results.pop("stage_seconds")
     return results
 
 
@@ -126,17 +126,17 @@ def test_unknown_model_name_lists_the_known_ones(tmp_path):
 
 def test_missing_data_file(setup, tmp_path):
     assert_clean_error(run_py(*args(setup, tmp_path / "o")[:2], "--data-dir", str(tmp_path)),
-                       r"forget10.json not found")
+                       r"forget01.json not found")
 
 
 def test_malformed_json_line(setup, tmp_path):
     data = tmp_path / "data"
     make_dataset(data)
-    lines = (data / "retain90.json").read_text().splitlines()
+    lines = (data / "retain99.json").read_text().splitlines()
     lines[6] = lines[6][:-3]
-    (data / "retain90.json").write_text("\n".join(lines) + "\n")
+    (data / "retain99.json").write_text("\n".join(lines) + "\n")
     assert_clean_error(run_py("--model", str(setup / "phi"), "--data-dir", str(data)),
-                       r"retain90.json, line 7: not valid JSON")
+                       r"retain99.json, line 7: not valid JSON")
 
 
 def test_truncated_safetensors(setup, tmp_path):

@@ -189,9 +189,6 @@ def test_run_py_eval_tofu_writes_what_recomputes_both_headline_numbers(tmp_path)
     (recipe,) = (tmp_path / "c" / "finetuned").glob("*/recipe.json")
     assert __import__("json").loads(recipe.read_text())["rows"] == 10  # --limit 10 retain rows
     results = __import__("json").loads((tmp_path / "run" / "results.json").read_text())
-    auto = __import__("json").loads((tmp_path / "auto" / "results.json").read_text())
-    assert auto["before"]["tofu"]["truth_ratio"]["reference_forget"] != results["before"]["tofu"]["truth_ratio"][
-        "reference_forget"]
     for when in ("before", "after"):
         t = results[when]["tofu"]
         assert len(t["truth_ratio"]["forget"]) == len(t["truth_ratio"]["reference_forget"]) == 10

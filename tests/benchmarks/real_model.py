@@ -59,8 +59,7 @@ print(f"\n| model | unlearn quality | utility | forget ROUGE-L | retain ROUGE-L 
       f"prefill, greedy | prefill, max of {m} | fluency (NLL/token) | forget quality | model utility | wall |")
 print("|---|---|---|---|---|---|---|---|---|---|---|---|")
 first = rows[0][1]
-print(f"| fine-tuned (before unlearning) | {cells(first['before'])} | "
-      f"{first['stage_seconds'].get('start', 0) / 60:.1f} min to fine-tune |")
+print(f"| fine-tuned (before unlearning) | {cells(first['before'])} | — |")
 for name, r in rows:
     stages = r.get("stage_seconds", {})
     spent = ", ".join(f"{k} {v / 60:.1f}" for k, v in stages.items())
