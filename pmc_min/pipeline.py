@@ -127,7 +127,8 @@ class Evaluations:
         result, greedy = evaluate(model, tokenizer, run.sets, max_length=max_length)
         questions = run.sets["forget"][0]
         scorer, _ = load_model(run.model_dir, device=run.args.device)  # the model before any TOFU fine-tuning
-        result["fluency_nll"] = {"forget": fluency_nll(scorer, tokenizer, questions, greedy["forget"], max_length)}
+        # room for the whole answer: it was written within max_length, and its end token comes on top
+        result["fluency_nll"] = {"forget": fluency_nll(scorer, tokenizer, questions, greedy["forget"], 2 * max_length)}
         del scorer
         if "tofu" in run.evals:
             known = {q: g for name, (qs, _) in run.sets.items() if name != "forget_paraphrased"

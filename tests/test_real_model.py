@@ -31,8 +31,8 @@ def hf_fluency(folder: Path, examples: list[dict]) -> float:
     total, count = 0.0, 0
     for ex in examples:
         messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": ex["question"]}]
-        prompt = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
-        prompt = prompt["input_ids"] if isinstance(prompt, dict) else list(prompt)
+        text = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        prompt = tok(text, add_special_tokens=False)["input_ids"]
         answer = tok(ex["generated"] + "<|im_end|>", add_special_tokens=False)["input_ids"]
         ids = torch.tensor([prompt + answer])
         with torch.no_grad():
