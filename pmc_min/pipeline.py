@@ -83,6 +83,11 @@ def starting_point(run: Run):
     return model, tokenizer, None, None
 
 
+def fingerprint(inputs) -> str:
+    """A cache key: the hash of everything that goes into a cached result, as canonical JSON."""
+    return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:16]
+
+
 def finetuned(run: Run, rows: list[dict], what: str, epochs: int | None = None) -> Path:
     """The folder of run.model_dir fine-tuned on rows with the run's recipe, built once and
     cached under the hash of everything that goes into it, so that every method (and the
@@ -92,8 +97,7 @@ def finetuned(run: Run, rows: list[dict], what: str, epochs: int | None = None) 
                      if f.suffix in (".safetensors", ".json"))
     recipe = {"model": str(Path(run.model_dir).resolve()), "weights": weights, "finetune": ft, "chat": run.chat,
               "seed": run.args.seed, "rows": [(r["question"], r["answer"]) for r in rows]}
-    key = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
-    folder = checkpoint.cache_root() / "finetuned" / f"{Path(run.model_dir).name}-{key}"
+    folder = checkpoint.cache_root() / "finetuned" / f"{Path(run.model_dir).name}-{fingerprint(recipe)}"
     if (folder / "READY").is_file():
         run.log(f"Using {what}, cached in {folder}.")
         return folder
@@ -152,8 +156,7 @@ def evaluate_before(run: Run, evaluations: Evaluations, model, tokenizer) -> dic
               "scorer": str(run.model_dir)}
     path = None
     if run.finetuned_dir is not None:
-        key = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:16]
-        path = run.finetuned_dir / "before" / f"{key}.json"
+        path = run.finetuned_dir / "before" / f"{fingerprint(inputs)}.json"
         if path.is_file():
             run.log(f"Using the evaluation before unlearning cached in {path}.")
             return json.loads(path.read_text())
