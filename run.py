@@ -22,10 +22,10 @@ from pathlib import Path
 import torch
 
 import pmc_min
-from pmc_min import checkpoint, tiny, tofu
+from pmc_min import checkpoint, own_data, tiny, tofu
 from pmc_min.data import FORGET_SPLITS, RETAIN_OF, load_split, resolve_data_dir, wikitext_probe
 from pmc_min.evaluate import eval_sets
-from pmc_min.pipeline import (Evaluations, Run, evaluate_before, finish_overunlearn, overunlearn_base, starting_point,
+from pmc_min.pipeline import (Evaluations, OwnDataEvaluations, Run, evaluate_before, finish_overunlearn, overunlearn_base, starting_point,
                               tiny_default, train, write_results)
 from pmc_min.report import write_json
 from pmc_min.resume import atomic_write_text
@@ -112,12 +112,20 @@ def parse_args(argv=None) -> argparse.Namespace:
                    "default's general split, else the first 100 paragraphs of wikitext-2, downloaded once)")
     p.add_argument("--reference", choices=["retain"], help="instead of unlearning, train the retain-only reference "
                                                          "model and evaluate it the same way")
+    p.add_argument("--forget-questions", metavar="FILE", help="unlearn your own data from its questions alone: one "
+                   "question a line (.txt) or JSON Lines with a question field (README, \"Your own data\")")
+    p.add_argument("--retain", metavar="FILE", help="with --forget-questions: QA pairs (JSON Lines with question and "
+                   "answer) or questions only, which the model answers itself (default: the tiny default's retain "
+                   "split)")
+    p.add_argument("--forget-answers", metavar="FILE", help="with --forget-questions: their answers, read by the "
+                   "evaluation only (JSON Lines with question and answer, or .txt in the questions' order)")
     p.add_argument("--resume", metavar="OUT", help="continue the run in OUT from its last complete checkpoint")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = p.parse_args(argv)
     if args.protocol is None:
         args.protocol = "cpu" if args.model != "tiny" and args.device == "cpu" else "full"
-    args.split = args.split or (CPU_PROTOCOL["split"] if args.protocol == "cpu" else "forget10")
+    if not args.forget_questions:
+        args.split = args.split or (CPU_PROTOCOL["split"] if args.protocol == "cpu" else "forget10")
     return args
 
 
@@ -187,12 +195,36 @@ def check_inputs(args) -> list[str]:
     for given in (args.model, args.reference_model):
         if given and given != "tiny":
             checkpoint.check_name(given)
+    check_own_data(args)
     return evals
+
+
+TOFU_ONLY = ("data_dir", "split", "reference", "reference_model", "eval", "finetune_epochs", "probe_text", "full_eval")
+
+
+def check_own_data(args) -> None:
+    """The flags of a run on your own data (--forget-questions) go together, and TOFU's do not."""
+    if not args.forget_questions:
+        given = [f"--{name.replace('_', '-')}" for name in ("retain", "forget_answers") if getattr(args, name)]
+        if given:
+            raise pmc_min.UserError(f"{' and '.join(given)} go with --forget-questions FILE.")
+        return
+    given = [f"--{name.replace('_', '-')}" for name in TOFU_ONLY if getattr(args, name)]
+    if given:
+        raise pmc_min.UserError(f"{', '.join(given)} belong to TOFU runs; with --forget-questions a run evaluates its "
+                                f"answers against the model's own (README, \"Your own data\").")
+    if args.method not in own_data.NO_ANSWERS_NEEDED:
+        raise pmc_min.UserError(f"--method {args.method} trains on the forget answers, which --forget-questions runs "
+                                f"without; use --method pmc (or idk).")
+    if args.model != "tiny" and not args.retain:
+        raise pmc_min.UserError(f"--model {args.model} needs --retain FILE with the questions (or QA pairs) whose "
+                                f"answers unlearning must keep; only the tiny default has a retain split of its own.")
 
 
 def output_folder(args) -> Path:
     name = Path(args.model).name if args.model not in checkpoint.ALIASES else args.model
-    out = Path(args.out or f"runs/{name}-{args.method}-{args.split}")
+    data = Path(args.forget_questions).stem if args.forget_questions else args.split
+    out = Path(args.out or f"runs/{name}-{args.method}-{data}")
     if not args.resume and (out / "checkpoints").exists():
         raise pmc_min.UserError(f"{out} holds the checkpoints of an earlier run; continue it with --resume {out} "
                                 f"or choose another --out.")
@@ -210,6 +242,8 @@ def settle(args, argv: list[str]) -> Run:
     if need be), and merge the defaults: the preset follows what the checkpoint is."""
     evals = check_inputs(args)
     out = output_folder(args)
+    if args.forget_questions:
+        return settle_own_data(args, argv, out)
     finetunes = bool(args.finetune_epochs) if args.model == "tiny" else args.finetune_epochs != 0  # reads `full`
     if not tiny_default(args):
         data_dir = resolve_data_dir(args.data_dir)
@@ -235,21 +269,49 @@ def settle(args, argv: list[str]) -> Run:
                probe_texts(args, data_dir) if "overunlearn" in evals else None)
 
 
+def settle_own_data(args, argv: list[str], out: Path) -> Run:
+    """settle() for your own data: the questions and the retain data from the user's files
+    (the tiny default's retain split without --retain); no fine-tuning, no TOFU."""
+    questions = own_data.read_questions(args.forget_questions)
+    retain = own_data.read_retain(args.retain) if args.retain else None
+    if args.forget_answers:  # checked now; the evaluation reads it again, and nothing else reads it
+        own_data.read_answers(args.forget_answers, questions)
+    data_dir = None
+    if args.model == "tiny":
+        model_dir, data_dir = tiny.build(device=args.device, progress=not args.no_progress, log=print)
+        retain = retain or load_split(data_dir, RETAIN_OF["forget10"])
+    else:
+        model_dir = checkpoint.resolve(args.model)
+        checkpoint.load_config(model_dir)
+    retain = own_data.without_forget(retain, questions)
+    if args.limit is not None:
+        questions, retain = questions[:args.limit], retain[:args.limit]
+    preset = "tiny" if args.model == "tiny" else preset_of(model_dir)
+    settings = defaults(preset, args.protocol)
+    cfg = unlearn_config(args, preset)
+    run_length(len(questions), cfg)
+    if not args.resume:
+        atomic_write_text(out / "run.json", json.dumps({"argv": argv}) + "\n")
+    return Run(args, preset, cfg, {**settings["finetune"], "epochs": 0}, settings["chat"], [],
+               args.eval_samples or settings["eval_samples"], out, data_dir, model_dir,
+               [{"question": q} for q in questions], retain, {}, None, None, None)
+
+
 def main(argv=None) -> int:
     clock = Stopwatch()
     run = settle(*arguments(argv))
     model, tokenizer, state, before = starting_point(run)
-    evaluations = Evaluations(run, tokenizer)
+    evaluations = (OwnDataEvaluations if run.own_data else Evaluations)(run, tokenizer)
     clock.lap("start")  # the model found or converted, fine-tuned (unless cached), the reference built if asked
     if before is None:
         before = evaluate_before(run, evaluations, model, tokenizer)
         write_json(run.out / "before.json", before)
         clock.lap("evaluate_before")
     base_probs, base = overunlearn_base(run, evaluations, tokenizer, before)
-    model, tokenizer, curves = train(run, model, tokenizer, state)
+    model, tokenizer, curves = train(run, model, tokenizer, state, before)
     clock.lap("unlearn")
     run.log("Evaluating after unlearning ...")
-    after = evaluations(model, tokenizer, base_probs)
+    after = evaluations(model, tokenizer, base_probs, before)
     finish_overunlearn(after, before, base_probs, base)
     clock.lap("evaluate_after")
     write_results(run, model, tokenizer, before, after, curves, clock)

@@ -11,7 +11,7 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from . import attacks, checkpoint, report, tiny, tiny_data, tofu
+from . import attacks, checkpoint, own_data, report, tiny, tiny_data, tofu
 from .checkpoint import load as load_model
 from .data import load_split
 from .evaluate import evaluate, fluency_nll
@@ -50,6 +50,11 @@ class Run:
     @property
     def tiny_default(self) -> bool:
         return tiny_default(self.args)
+
+    @property
+    def own_data(self) -> bool:
+        """Your own forget questions, without their answers (own_data.py)."""
+        return bool(self.args.forget_questions)
 
     def log(self, *message) -> None:
         if not self.args.no_progress:
@@ -126,7 +131,7 @@ class Evaluations:
                           if "overunlearn" in evals else None)
         self.reference_tr = reference_truth_ratios(run) if "tofu" in evals else None
 
-    def __call__(self, model, tokenizer, base_probs=None) -> dict:
+    def __call__(self, model, tokenizer, base_probs=None, before=None) -> dict:
         run, max_length = self.run, self.run.cfg.max_length
         result, greedy = evaluate(model, tokenizer, run.sets, max_length=max_length)
         questions = run.sets["forget"][0]
@@ -143,19 +148,42 @@ class Evaluations:
         return result
 
 
+class OwnDataEvaluations:
+    """The evaluation of a run on your own data (own_data.similarity_to_y0): against the
+    model's own answers before unlearning, and against the ground truth where --forget-answers
+    gives it. That file is read here, and nowhere else."""
+
+    def __init__(self, run: Run, tokenizer):
+        self.run, args = run, run.args
+        self.questions = [r["question"] for r in run.forget_rows]
+        rows = run.retain_rows
+        # self-distilled retain: every question is answered before unlearning, and the answers are its targets
+        self.retain = rows if "answer" not in rows[0] else [rows[i] for i in own_data.spread(len(rows))]
+        self.answers = own_data.read_answers(args.forget_answers, self.questions) if args.forget_answers else None
+
+    def __call__(self, model, tokenizer, base_probs=None, before=None) -> dict:
+        run, cfg = self.run, self.run.cfg
+        has_answers = "answer" in self.retain[0]
+        return own_data.similarity_to_y0(
+            model, tokenizer, self.questions, [r["question"] for r in self.retain], before and before["y0"],
+            m=run.eval_samples, sampling=Sampling(run.args.eval_temperature, cfg.top_p, cfg.top_k),
+            max_length=cfg.max_length, seed=run.args.seed, answers=self.answers,
+            retain_answers=[r["answer"] for r in self.retain] if has_answers and self.answers else None)
+
+
 def evaluate_before(run: Run, evaluations: Evaluations, model, tokenizer) -> dict:
     """The evaluation before unlearning. A run that starts from a cached fine-tuned model keeps it
     beside that model, under the hash of every input of the evaluation, so the next method on the
     same model with the same evaluations reuses it."""
     args, cfg = run.args, run.cfg
-    inputs = {"evals": run.evals, "sets": run.sets, "max_length": cfg.max_length, "tofu_sets": run.tofu_sets,
-              "reference": evaluations.reference_tr, "samples": run.eval_samples,
-              "sampling": [args.eval_temperature, cfg.top_p, cfg.top_k], "seed": args.seed,
-              "forget": [(r["question"], r["answer"]) for r in run.forget_rows], "probe": run.probe,
-              "perturbed": evaluations.perturbed, "data_dir": str(run.data_dir), "chat": run.chat,
-              "scorer": str(run.model_dir)}
     path = None
     if run.finetuned_dir is not None:
+        inputs = {"evals": run.evals, "sets": run.sets, "max_length": cfg.max_length, "tofu_sets": run.tofu_sets,
+                  "reference": evaluations.reference_tr, "samples": run.eval_samples,
+                  "sampling": [args.eval_temperature, cfg.top_p, cfg.top_k], "seed": args.seed,
+                  "forget": [(r["question"], r["answer"]) for r in run.forget_rows], "probe": run.probe,
+                  "perturbed": evaluations.perturbed, "data_dir": str(run.data_dir), "chat": run.chat,
+                  "scorer": str(run.model_dir)}
         path = run.finetuned_dir / "before" / f"{fingerprint(inputs)}.json"
         if path.is_file():
             run.log(f"Using the evaluation before unlearning cached in {path}.")
@@ -180,9 +208,15 @@ def overunlearn_base(run: Run, ev: Evaluations, tokenizer, before: dict):
     return before_probs, "model before unlearning"
 
 
-def train(run: Run, model, tokenizer, state):
-    """(model, tokenizer, curves) after unlearning, or the retain-only reference with --reference."""
-    args = run.args
+def train(run: Run, model, tokenizer, state, before: dict):
+    """(model, tokenizer, curves) after unlearning, or the retain-only reference with --reference.
+    On your own data, PMC's y0 and any self-distilled retain targets are the greedy answers of
+    the evaluation before unlearning."""
+    args, retain_rows, y0 = run.args, run.retain_rows, None
+    if run.own_data:
+        y0 = before["y0"]["forget"]
+        if "answer" not in retain_rows[0]:
+            retain_rows = [{"question": r["question"], "answer": a} for r, a in zip(retain_rows, before["y0"]["retain"])]
 
     def on_epoch_end(st: TrainingState) -> None:
         if args.save_every and (st.epoch % args.save_every == 0 or st.final):
@@ -192,8 +226,9 @@ def train(run: Run, model, tokenizer, state):
         if args.reference:
             run.log("Training the retain-only reference model ...")
             return *reference_model(run), {}
-        run.log(f"Unlearning {args.split} ({len(run.forget_rows)} QA) with {args.method} ...")
-        return model, tokenizer, unlearn(model, tokenizer, run.forget_rows, run.retain_rows, run.cfg,
+        what = args.forget_questions or args.split
+        run.log(f"Unlearning {what} ({len(run.forget_rows)} questions) with {args.method} ...")
+        return model, tokenizer, unlearn(model, tokenizer, run.forget_rows, retain_rows, run.cfg, y0=y0,
                                          progress=not args.no_progress, on_epoch_end=on_epoch_end, resume=state)
     except NonFiniteLoss as e:
         kept = latest_state(run.out)
@@ -221,7 +256,9 @@ def write_results(run: Run, model, tokenizer, before: dict, after: dict, curves:
     args, out = run.args, run.out
     checkpoint.save(model, tokenizer, out / "model")
     results = {"method": "reference-retain" if args.reference else args.method, "model": args.model,
-               "split": args.split, "data_dir": str(run.data_dir),
+               "split": args.split, "data_dir": run.data_dir and str(run.data_dir),
+               **({"forget_questions": args.forget_questions, "retain": args.retain,
+                   "forget_answers": args.forget_answers} if run.own_data else {}),
                "config": {**asdict(run.cfg), "preset": run.preset, "chat": run.chat, "finetune": run.finetuning,
                           "device": args.device, "protocol": args.protocol, "eval_samples": run.eval_samples,
                           "eval_temperature": args.eval_temperature, "limit": args.limit, "full_eval": args.full_eval,
@@ -233,7 +270,7 @@ def write_results(run: Run, model, tokenizer, before: dict, after: dict, curves:
     if "overunlearn" in after.get("robustness", {}):
         report.plot_overunlearn(after["robustness"]["overunlearn"], out / "overunlearn.png")
     print(report.markdown_table(before, after))
-    print(f"\n{results['method']} on {args.model}, {args.split}: {results['wall_seconds']:.0f} s. "
+    print(f"\n{results['method']} on {args.model}, {args.forget_questions or args.split}: {results['wall_seconds']:.0f} s. "
           f"Wrote {out / 'results.json'}{', curves.png' if plotted else ''} and the model in {out / 'model'}.")
 
 

@@ -190,10 +190,14 @@ def finetune(model: Transformer, tokenizer: Tokenizer, rows: list[dict], *, epoc
 
 
 @torch.no_grad()
-def forget_nll(model: Transformer, tokenizer: Tokenizer, rows: list[dict], max_length: int, limit: int = 32) -> float:
+def forget_nll(model: Transformer, tokenizer: Tokenizer, rows: list[dict], max_length: int,
+               limit: int = 32) -> float | None:
     """Monitoring only: the NLL of the ground-truth forget answers, on a
-    separate batch under no_grad, never part of any objective."""
+    separate batch under no_grad, never part of any objective; None for
+    questions without answers (your own data)."""
     rows = rows[:limit]
+    if not all("answer" in r for r in rows):
+        return None
     batch = encode_rows(tokenizer, rows, max_length, model.device)
     with autocast(model.device):
         return nll(model, batch).item()
@@ -313,13 +317,15 @@ def draw_seed(seed: int, step: int, micro_batch: int) -> int:
 
 def unlearn(model: Transformer, tokenizer: Tokenizer, forget_rows: list[dict], retain_rows: list[dict],
             cfg: UnlearnConfig, *, on_batch=None, on_epoch_end=None, resume: TrainingState | None = None,
-            progress: bool = True) -> dict:
+            y0: list[str] | None = None, progress: bool = True) -> dict:
     """Unlearn forget_rows with cfg.method; returns the training curves.
 
     on_batch(kind, batch), if given, sees every batch that enters a loss
     (kind: "collapse", "forget" or "retain"). on_epoch_end(state) receives,
     after every epoch, the TrainingState to continue from (`resume=state`).
-    The model's weights are the caller's to save."""
+    y0, if given, are PMC's reference answers already generated (step 1).
+    forget_rows need no answers for PMC and IDK. The model's weights are the
+    caller's to save."""
     cfg.validate()
     device, rng = model.device, random.Random(cfg.seed)
     length = run_length(len(forget_rows), cfg)
@@ -332,7 +338,8 @@ def unlearn(model: Transformer, tokenizer: Tokenizer, forget_rows: list[dict], r
     else:
         state = TrainingState()
         if cfg.method == "pmc":  # step 1
-            state.y0 = pmc.initial_answers(model, tokenizer, [r["question"] for r in forget_rows], cfg.max_length)
+            state.y0 = y0 or pmc.initial_answers(model, tokenizer, [r["question"] for r in forget_rows],
+                                                 cfg.max_length)
         elif cfg.method == "npo":
             state.ref_logprob = reference_logprobs(model, tokenizer, forget_rows, cfg)
     forget = (Collapse if cfg.method == "pmc" else ForgetSide)(model, tokenizer, forget_rows, cfg, state)
