@@ -15,7 +15,6 @@ import argparse
 import json
 import os
 import sys
-import time
 from dataclasses import fields
 from pathlib import Path
 
@@ -25,8 +24,8 @@ import pmc_min
 from pmc_min import checkpoint, own_data, tiny, tofu
 from pmc_min.data import FORGET_SPLITS, RETAIN_OF, load_split, resolve_data_dir, wikitext_probe
 from pmc_min.evaluate import eval_sets
-from pmc_min.pipeline import (Evaluations, OwnDataEvaluations, Run, evaluate_before, finish_overunlearn, overunlearn_base, starting_point,
-                              tiny_default, train, write_results)
+from pmc_min.pipeline import (Evaluations, OwnDataEvaluations, Run, Stopwatch, evaluate_before, finish_overunlearn,
+                              overunlearn_base, starting_point, tiny_default, train, write_results)
 from pmc_min.report import write_json
 from pmc_min.resume import atomic_write_text
 from pmc_min.sample import sampling_problems
@@ -248,22 +247,15 @@ def settle(args, argv: list[str]) -> Run:
     if not tiny_default(args):
         data_dir = resolve_data_dir(args.data_dir)
         splits = read_splits(data_dir, args, finetunes, "tofu" in evals)
-    if args.model == "tiny":
-        model_dir, tiny_data_dir = tiny.build(device=args.device, progress=not args.no_progress, log=print)
-        if tiny_default(args):
-            data_dir = tiny_data_dir
-            splits = read_splits(data_dir, args, finetunes, "tofu" in evals)
-    else:
-        model_dir = checkpoint.resolve(args.model)
-        checkpoint.load_config(model_dir)
-    preset = "tiny" if args.model == "tiny" else preset_of(model_dir)
-    settings = defaults(preset, args.protocol)
+    model_dir, tiny_data_dir = model_folder(args)
+    if tiny_default(args):
+        data_dir = tiny_data_dir
+        splits = read_splits(data_dir, args, finetunes, "tofu" in evals)
+    preset, settings, cfg = merged(args, model_dir)
     ft = {**settings["finetune"], **({} if args.finetune_epochs is None else {"epochs": args.finetune_epochs})}
-    cfg = unlearn_config(args, preset)
     if not args.reference:
         run_length(len(splits[0]), cfg)  # a run too short for one optimizer step fails here, not after evaluating
-    if not args.resume:
-        atomic_write_text(out / "run.json", json.dumps({"argv": argv}) + "\n")
+    keep_argv(args, argv, out)
     return Run(args, preset, cfg, ft, settings["chat"], evals, args.eval_samples or settings["eval_samples"], out,
                data_dir, model_dir, *splits,
                probe_texts(args, data_dir) if "overunlearn" in evals else None)
@@ -276,25 +268,38 @@ def settle_own_data(args, argv: list[str], out: Path) -> Run:
     retain = own_data.read_retain(args.retain) if args.retain else None
     if args.forget_answers:  # checked now; the evaluation reads it again, and nothing else reads it
         own_data.read_answers(args.forget_answers, questions)
-    data_dir = None
-    if args.model == "tiny":
-        model_dir, data_dir = tiny.build(device=args.device, progress=not args.no_progress, log=print)
-        retain = retain or load_split(data_dir, RETAIN_OF["forget10"])
-    else:
-        model_dir = checkpoint.resolve(args.model)
-        checkpoint.load_config(model_dir)
-    retain = own_data.without_forget(retain, questions)
+    model_dir, data_dir = model_folder(args)
+    retain = own_data.without_forget(retain or load_split(data_dir, RETAIN_OF["forget10"]), questions)
     if args.limit is not None:
         questions, retain = questions[:args.limit], retain[:args.limit]
-    preset = "tiny" if args.model == "tiny" else preset_of(model_dir)
-    settings = defaults(preset, args.protocol)
-    cfg = unlearn_config(args, preset)
+    preset, settings, cfg = merged(args, model_dir)
     run_length(len(questions), cfg)
-    if not args.resume:
-        atomic_write_text(out / "run.json", json.dumps({"argv": argv}) + "\n")
+    keep_argv(args, argv, out)
     return Run(args, preset, cfg, {**settings["finetune"], "epochs": 0}, settings["chat"], [],
                args.eval_samples or settings["eval_samples"], out, data_dir, model_dir,
                [{"question": q} for q in questions], retain, {}, None, None, None)
+
+
+def model_folder(args) -> tuple[Path, Path | None]:
+    """(the model's folder, the tiny default's data folder or None): the tiny build, or a
+    checkpoint found, downloaded or converted, with its config checked."""
+    if args.model == "tiny":
+        return tiny.build(device=args.device, progress=not args.no_progress, log=print)
+    model_dir = checkpoint.resolve(args.model)
+    checkpoint.load_config(model_dir)
+    return model_dir, None
+
+
+def merged(args, model_dir: Path) -> tuple[str, dict, UnlearnConfig]:
+    """(preset, its settings under the protocol, the unlearning config) for this checkpoint."""
+    preset = "tiny" if args.model == "tiny" else preset_of(model_dir)
+    return preset, defaults(preset, args.protocol), unlearn_config(args, preset)
+
+
+def keep_argv(args, argv: list[str], out: Path) -> None:
+    """run.json: the command line that --resume repeats."""
+    if not args.resume:
+        atomic_write_text(out / "run.json", json.dumps({"argv": argv}) + "\n")
 
 
 def main(argv=None) -> int:
@@ -316,22 +321,6 @@ def main(argv=None) -> int:
     clock.lap("evaluate_after")
     write_results(run, model, tokenizer, before, after, curves, clock)
     return 0
-
-
-class Stopwatch:
-    """Wall seconds of each stage of a run, and of the whole."""
-
-    def __init__(self):
-        self.start = self.last = time.time()
-        self.stages: dict[str, float] = {}
-
-    def lap(self, stage: str) -> None:
-        now = time.time()
-        self.stages[stage], self.last = round(now - self.last, 1), now
-
-    @property
-    def total(self) -> float:
-        return round(time.time() - self.start, 1)
 
 
 EVALS = ("tofu", "leakage", "prefill", "overunlearn", "mcq", "factleak")

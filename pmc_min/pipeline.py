@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -69,6 +70,22 @@ class Run:
         if self.chat:
             tokenizer.with_system(**self.chat)
         return tokenizer
+
+
+class Stopwatch:
+    """Wall seconds of each stage of a run, and of the whole."""
+
+    def __init__(self):
+        self.start = self.last = time.time()
+        self.stages: dict[str, float] = {}
+
+    def lap(self, stage: str) -> None:
+        now = time.time()
+        self.stages[stage], self.last = round(now - self.last, 1), now
+
+    @property
+    def total(self) -> float:
+        return round(time.time() - self.start, 1)
 
 
 def starting_point(run: Run):
