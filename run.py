@@ -83,6 +83,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--temperature", type=float, help="sampling temperature")
     p.add_argument("--top-p", type=float, help="nucleus sampling threshold")
     p.add_argument("--top-k", type=int, help="top-k filter, 0 for none")
+    p.add_argument("--selection-temperature", type=float, help="PMC's choice among its samples: 0 the least "
+                   "similar (the authors'), > 0 a Bradley-Terry draw, softmax(reward / TAU)")
     p.add_argument("--min-len", type=int, help="length penalty below this many words (0 = off)")
     p.add_argument("--max-grad-norm", type=float, help="clip the gradient norm to this (default: no clipping, "
                                                        "as the authors)")

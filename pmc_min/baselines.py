@@ -19,18 +19,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .model import Transformer, nll
+from .model import nll
+from .qa import sequence_logprob
 
 IDK_ANSWER = "I don't know."
-
-
-def sequence_logprob(model: Transformer, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    """(sum of answer-token log-probs, number of answer tokens), one per row."""
-    logits = model(batch["input_ids"], batch["attention_mask"])[:, :-1].float()
-    labels = batch["labels"][:, 1:]
-    counted = labels != -100
-    logp = torch.gather(logits.log_softmax(-1), 2, labels.clamp(min=0)[..., None]).squeeze(-1)
-    return (logp * counted).sum(-1), counted.sum(-1)
 
 
 def ga_loss(model, forget, retain, lam, **_):

@@ -11,7 +11,7 @@ keeps the collapse partial. The steps (docs/method.md §2):
 1. `initial_answers`   y0[q]: the original model's greedy answer, the reference of the reward.
 2. `sample_answers`    n answers per question from the current model (T, top_p, top_k).
 3. `score`             s(x) = ROUGE-L recall(reference=y0, candidate=x) (+ optional length penalty).
-4. `select`            the argmin of s (= the argmax of the reward 1 - s).
+4. `select`            the argmin of s (= the argmax of the reward 1 - s), or a Bradley-Terry draw.
 5. `BestSoFar`         per question, the least similar answer seen so far; score 0 stops resampling.
 6. `collapse_batch` and `pmc_loss`: NLL(pick | q) + lambda * NLL(retain answer | retain q).
 
@@ -22,6 +22,7 @@ truth cannot reach the objective.
 from __future__ import annotations
 
 import math
+import random
 from dataclasses import dataclass, field
 
 import torch
@@ -58,9 +59,21 @@ def score(sample: str, y0: str, min_len: int = 0) -> float:
     return s
 
 
-def select(scores: list[float]) -> int:
-    """Step 4: the least similar sample (first of ties), i.e. argmax of the reward 1 - s."""
-    return min(range(len(scores)), key=scores.__getitem__)
+def select(scores: list[float], tau: float = 0.0, rng: random.Random | None = None) -> int:
+    """Step 4: the least similar sample (first of ties), i.e. argmax of the reward 1 - s.
+    With tau > 0, the Bradley-Terry choice the theory is stated for (docs/method.md §4):
+    sample i with probability softmax((1 - s) / tau)_i. The authors' code defines this
+    rule (`sample_selection`) but never calls it; tau -> 0 is the argmax."""
+    if tau == 0:
+        return min(range(len(scores)), key=scores.__getitem__)
+    low = min(scores)
+    weights = [math.exp((low - s) / tau) for s in scores]  # e^{(1-s)/tau}, shifted so the largest is 1
+    u, total = (rng or random).random() * sum(weights), 0.0
+    for i, w in enumerate(weights):
+        total += w
+        if u < total:
+            return i
+    return len(scores) - 1
 
 
 @dataclass
@@ -84,16 +97,21 @@ class BestSoFar:
 
 def resample(model: Transformer, tokenizer: Tokenizer, cache: BestSoFar, batch: list[int], questions: list[str],
              y0: list[str], *, n: int, sampling: Sampling, max_length: int, min_len: int = 0,
-             seed: int | None = None, compile: bool = False) -> None:
-    """Steps 2-5 for one batch of forget questions (indices into questions/y0)."""
+             seed: int | None = None, compile: bool = False, tau: float = 0.0) -> dict[int, tuple[list, list]]:
+    """Steps 2-5 for one batch of forget questions (indices into questions/y0); returns
+    {question: (its samples, their scores)} for the questions it sampled."""
     todo = [q for q in batch if cache.needs_sampling(q)]
     if not todo:
-        return
+        return {}
     samples = sample_answers(model, tokenizer, [questions[q] for q in todo], n, sampling, max_length, seed, compile)
+    rng = random.Random(seed) if tau > 0 else None  # Bradley-Terry's draws; argmax draws nothing
+    drawn = {}
     for q, candidates in zip(todo, samples):
         scores = [score(x, y0[q], min_len) for x in candidates]
-        best = select(scores)
+        best = select(scores, tau, rng)
         cache.offer(q, candidates[best], scores[best])
+        drawn[q] = (candidates, scores)
+    return drawn
 
 
 def collapse_batch(tokenizer: Tokenizer, questions: list[str], picks: list[str], max_length: int,

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from .model import Transformer
+from .model import Transformer, autocast
 from .sample import Sampling, generate_ids
 from .tokenizer import Tokenizer
 
@@ -93,6 +93,29 @@ def encode_qa(tokenizer: Tokenizer, questions: list[str], answers: list[str], ma
 def encode_rows(tokenizer: Tokenizer, rows: list[dict], max_length: int, device="cpu") -> dict[str, torch.Tensor]:
     """encode_qa on the questions and ground-truth answers of TOFU rows."""
     return encode_qa(tokenizer, [r["question"] for r in rows], [r["answer"] for r in rows], max_length, device)
+
+
+def sequence_logprob(model: Transformer, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sum of answer-token log-probs, number of answer tokens), one per row of an encode_qa batch."""
+    logits = model(batch["input_ids"], batch["attention_mask"])[:, :-1].float()
+    labels = batch["labels"][:, 1:]
+    counted = labels != -100
+    logp = torch.gather(logits.log_softmax(-1), 2, labels.clamp(min=0)[..., None]).squeeze(-1)
+    return (logp * counted).sum(-1), counted.sum(-1)
+
+
+@torch.no_grad()
+def answer_logprobs(model: Transformer, tokenizer: Tokenizer, questions: list[str], answers: list[str],
+                    max_length: int, batch_size: int) -> torch.Tensor:
+    """log p(answer | question), teacher-forced, for each pair: the answer's tokens as trained
+    (target and end token), summed. NPO's reference, and PMC's log p(y0 | q)."""
+    out = []
+    with autocast(model.device):
+        for i in range(0, len(questions), batch_size):
+            batch = encode_qa(tokenizer, questions[i:i + batch_size], answers[i:i + batch_size], max_length,
+                              model.device)
+            out.append(sequence_logprob(model, batch)[0].float())
+    return torch.cat(out)
 
 
 def complete(model: Transformer, tokenizer: Tokenizer, prompts: list[list[int]], *, n: int, max_length: int,

@@ -20,8 +20,9 @@ from tqdm import tqdm
 from . import baselines, pmc
 from .checkpoint import build
 from .errors import UserError
+from .curves import CURVES, Curves
 from .model import Transformer, autocast, nll
-from .qa import encode_qa, encode_rows
+from .qa import answer_logprobs, encode_qa, encode_rows
 from .sample import Sampling, sampling_problems
 from .tokenizer import Tokenizer
 
@@ -44,6 +45,7 @@ class UnlearnConfig:
     top_p: float = 0.95
     top_k: int | None = 50  # HF generate's default, which the authors' sampling applied
     min_len: int = 0
+    selection_temperature: float = 0.0  # PMC's choice among its samples: 0 the argmax, > 0 Bradley-Terry (pmc.select)
     compile: bool = False  # PMC's sampling with a compiled decode step (a CUDA graph on a GPU)
     sample_dtype: str | None = None  # PMC's sampling from a copy of the weights in this dtype (bfloat16 on a GPU)
     max_grad_norm: float | None = None  # clip the gradient norm to this (None: no clipping, as the authors)
@@ -62,6 +64,8 @@ class UnlearnConfig:
         if self.method not in METHODS:
             problems.append(f"method must be one of {', '.join(METHODS)}, not {self.method!r}")
         problems += sampling_problems(self.temperature, self.top_p, self.top_k)  # the rules Sampling checks
+        if not self.selection_temperature >= 0:
+            problems.append(f"the selection temperature must not be negative, not {self.selection_temperature}")
         if self.n_samples < 1:
             problems.append(f"n (samples per question) must be at least 1, not {self.n_samples}")
         if not self.lam >= 0:
@@ -203,17 +207,6 @@ def forget_nll(model: Transformer, tokenizer: Tokenizer, rows: list[dict], max_l
         return nll(model, batch).item()
 
 
-def reference_logprobs(model: Transformer, tokenizer: Tokenizer, rows: list[dict], cfg: UnlearnConfig) -> torch.Tensor:
-    """NPO's log p_ref(y|x): the model before unlearning, computed once per forget row."""
-    out = []
-    with torch.no_grad(), autocast(model.device):
-        for i in range(0, len(rows), cfg.batch_size):
-            chunk = rows[i:i + cfg.batch_size]
-            batch = encode_rows(tokenizer, chunk, cfg.max_length, model.device)
-            out.append(baselines.sequence_logprob(model, batch)[0].float())
-    return torch.cat(out)
-
-
 def method_loss(model: Transformer, cfg: UnlearnConfig, forget: dict, retain: dict, ref_logprob=None):
     """The objective of cfg.method on one micro-batch: (loss, logged parts)."""
     if cfg.method == "pmc":
@@ -221,10 +214,6 @@ def method_loss(model: Transformer, cfg: UnlearnConfig, forget: dict, retain: di
     extra = {"npo": {"ref_logprob": ref_logprob, "beta": cfg.npo_beta},
              "simnpo": {"beta": cfg.simnpo_beta, "gamma": cfg.simnpo_gamma}}.get(cfg.method, {})
     return baselines.LOSSES[cfg.method](model, forget, retain, cfg.lam, **extra)
-
-
-CURVES = ("step", "epoch", "lr", "loss", "retain_loss", "forget_loss", "picked_rouge_l", "gt_forget_nll_epoch",
-          "gt_forget_nll")
 
 
 @dataclass
@@ -243,29 +232,6 @@ class TrainingState:
     ref_logprob: torch.Tensor | None = None  # NPO's reference log-probabilities
 
 
-class Curves:
-    """The training curves: per optimizer step, the mean of what its micro-batches logged."""
-
-    def __init__(self, curves: dict):
-        self.curves, self.parts = curves, {}
-
-    def add(self, **values) -> None:
-        for k, v in values.items():
-            self.parts.setdefault(k, []).extend(v if isinstance(v, list) else [v])
-
-    def step(self, step: int, epoch: int, lr: float) -> None:
-        self.curves["lr"].append(lr)
-        self.curves["step"].append(step)
-        self.curves["epoch"].append(epoch)
-        for k in ("loss", "retain_loss", "forget_loss", "picked_rouge_l"):
-            values = self.parts.pop(k, [])
-            self.curves[k].append(sum(values) / len(values) if values else None)
-
-    def epoch(self, epoch: int, gt_forget_nll: float) -> None:
-        self.curves["gt_forget_nll_epoch"].append(epoch)
-        self.curves["gt_forget_nll"].append(gt_forget_nll)
-
-
 class ForgetSide:
     """The forget half of a baseline's loss: the forget questions with their ground-truth
     answers (IDK: with "I don't know.")."""
@@ -274,8 +240,8 @@ class ForgetSide:
     def __init__(self, model, tokenizer, forget_rows, cfg: UnlearnConfig, state: TrainingState):
         self.tokenizer, self.rows, self.cfg, self.device = tokenizer, forget_rows, cfg, model.device
 
-    def prepare(self, idx: list[int], seed: int) -> None:
-        pass
+    def prepare(self, idx: list[int], seed: int) -> dict:
+        return {}
 
     def batch(self, idx: list[int]) -> dict:
         answers = [baselines.IDK_ANSWER if self.cfg.method == "idk" else self.rows[q]["answer"] for q in idx]
@@ -296,13 +262,19 @@ class Collapse(ForgetSide):
         self.sampler = (model if dtype == model.dtype else
                         build(model.config, dict(model.state_dict()), device=model.device, dtype=dtype))
 
-    def prepare(self, idx: list[int], seed: int) -> None:
+    def prepare(self, idx: list[int], seed: int) -> dict:
         if self.sampler is not self.model:
             self.sampler.load_weights_from(self.model)
         cfg = self.cfg
-        pmc.resample(self.sampler, self.tokenizer, self.state.cache, idx, self.questions, self.state.y0,
-                     n=cfg.n_samples, sampling=cfg.sampling, max_length=cfg.max_length, min_len=cfg.min_len,
-                     seed=seed, compile=cfg.compile)
+        return pmc.resample(self.sampler, self.tokenizer, self.state.cache, idx, self.questions, self.state.y0,
+                            n=cfg.n_samples, sampling=cfg.sampling, max_length=cfg.max_length, min_len=cfg.min_len,
+                            seed=seed, compile=cfg.compile, tau=cfg.selection_temperature)
+
+    def logp_y0(self) -> list[float]:
+        """log p(y0 | q) of every forget question under the current weights (the theory
+        says it goes to -inf)."""
+        return answer_logprobs(self.model, self.tokenizer, self.questions, self.state.y0, self.cfg.max_length,
+                               self.cfg.batch_size).tolist()
 
     def batch(self, idx: list[int]) -> dict:
         cache = self.state.cache
@@ -341,9 +313,12 @@ def unlearn(model: Transformer, tokenizer: Tokenizer, forget_rows: list[dict], r
             state.y0 = y0 or pmc.initial_answers(model, tokenizer, [r["question"] for r in forget_rows],
                                                  cfg.max_length)
         elif cfg.method == "npo":
-            state.ref_logprob = reference_logprobs(model, tokenizer, forget_rows, cfg)
+            state.ref_logprob = answer_logprobs(model, tokenizer, [r["question"] for r in forget_rows],  # NPO's p_ref
+                                                [r["answer"] for r in forget_rows], cfg.max_length, cfg.batch_size)
     forget = (Collapse if cfg.method == "pmc" else ForgetSide)(model, tokenizer, forget_rows, cfg, state)
     curves = Curves(state.curves)
+    if resume is None and cfg.method == "pmc":
+        curves.curves["logp_y0"].append(forget.logp_y0())  # epoch 0
     model.train()
     bar = tqdm(total=length.max_steps, initial=state.step, desc=f"unlearn ({cfg.method})", disable=not progress)
     for epoch in range(state.epoch, length.epochs):
@@ -354,8 +329,9 @@ def unlearn(model: Transformer, tokenizer: Tokenizer, forget_rows: list[dict], r
                 break
             idx = order[i * cfg.batch_size:(i + 1) * cfg.batch_size]
             retain_idx = rng.sample(range(len(retain_rows)), k=min(len(idx), len(retain_rows)))
-            forget.prepare(idx, draw_seed(cfg.seed, state.step, i))
+            drawn = forget.prepare(idx, draw_seed(cfg.seed, state.step, i))
             if cfg.method == "pmc":
+                curves.draws(epoch + 1, len(forget_rows), drawn)
                 curves.add(picked_rouge_l=[state.cache.scores[q] for q in idx])
             fb = forget.batch(idx)
             rb = encode_rows(tokenizer, [retain_rows[j] for j in retain_idx], cfg.max_length, device)
@@ -378,7 +354,8 @@ def unlearn(model: Transformer, tokenizer: Tokenizer, forget_rows: list[dict], r
                                 **({"picked_rouge": f"{state.curves['picked_rouge_l'][-1]:.3f}"}
                                    if cfg.method == "pmc" else {}))
         model.eval()
-        curves.epoch(epoch + 1, forget_nll(model, tokenizer, forget_rows, cfg.max_length))
+        curves.epoch(epoch + 1, forget_nll(model, tokenizer, forget_rows, cfg.max_length),
+                     forget.logp_y0() if cfg.method == "pmc" else None)
         model.train()
         state.epoch, state.final = epoch + 1, epoch + 1 == length.epochs
         state.optimizer, state.scheduler, state.rng = opt.state_dict(), sched.state_dict(), rng.getstate()

@@ -1,0 +1,151 @@
+"""Theory against practice: what a PMC run logs of its draws and of log p(y0 | q), the
+Bradley-Terry selection, and theory.practice on a synthetic run from an exact
+categorical process."""
+
+import json
+import math
+import random
+
+import numpy as np
+import pytest
+import torch
+
+import pmc_min
+from pmc_min import pmc
+from pmc_min.train import UnlearnConfig, unlearn
+from helpers import write_hf_phi
+from theory import curated, practice
+
+
+def rouge_recall(reference: str, candidate: str) -> float:
+    from rouge_score import rouge_scorer
+
+    return rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True).score(reference, candidate)["rougeL"].recall
+
+
+@pytest.fixture(scope="module")
+def logged(tmp_path_factory):
+    root = tmp_path_factory.mktemp("practice")
+    write_hf_phi(root / "phi", seed=4)
+    model, tok = pmc_min.load(root / "phi")
+    forget = [{"question": f"Where was author {i} born?", "answer": f"In city {i}."} for i in range(5)]
+    retain = [{"question": f"What did author {i} write?", "answer": f"Book {i}."} for i in range(5)]
+    cfg = UnlearnConfig(epochs=3, lr=1e-3, batch_size=2, grad_accum=1, max_length=40, n_samples=3)
+    curves = unlearn(model, tok, forget, retain, cfg, progress=False)
+    pmc_min.save(model, tok, root / "after")
+    return root, forget, curves
+
+
+def test_logged_rewards_are_one_minus_rouge_l_recall_against_y0(logged):
+    _, forget, curves = logged
+    assert len(curves["draw_rewards"]) == 3 and all(len(e) == 5 for e in curves["draw_rewards"])
+    assert all(r is not None for r in curves["draw_rewards"][0])  # every question is drawn in the first epoch
+    checked = 0
+    for rewards, samples in zip(curves["draw_rewards"], curves["draw_samples"]):
+        for q, (r, s) in enumerate(zip(rewards, samples)):
+            if r is None:
+                assert s is None
+                continue
+            assert len(r) == len(s) == 3
+            assert r == pytest.approx([1 - rouge_recall(curves["y0"][q], x) for x in s], abs=1e-12)
+            checked += 1
+    assert checked >= 5
+
+
+def hf_logp(folder, question: str, answer: str, max_length: int = 40) -> float:
+    """log p("Answer: a" + eos | "Question: q\\n") by transformers, tokenised with `tokenizers` directly
+    and cut to max_length tokens, as training rows are."""
+    from tokenizers import Tokenizer
+    from transformers import PhiForCausalLM
+
+    tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    eos = tok.token_to_id("<|endoftext|>")
+    prompt = f"Question: {question}\n"
+    ids = tok.encode(prompt).ids
+    full = (tok.encode(prompt + f"Answer: {answer}").ids + [eos])[:max_length]
+    model = PhiForCausalLM.from_pretrained(folder).eval()
+    with torch.no_grad():
+        logp = model(torch.tensor([full])).logits[0, :-1].log_softmax(-1)
+    return float(sum(logp[t - 1, full[t]] for t in range(len(ids), len(full))))
+
+
+def test_logp_y0_equals_transformers_before_and_after(logged):
+    root, forget, curves = logged
+    assert len(curves["logp_y0"]) == 4  # before training, then after each of 3 epochs
+    for q in (0, 3):
+        question, y0 = forget[q]["question"], curves["y0"][q]
+        assert curves["logp_y0"][0][q] == pytest.approx(hf_logp(root / "phi", question, y0), rel=1e-4, abs=1e-4)
+        assert curves["logp_y0"][-1][q] == pytest.approx(hf_logp(root / "after", question, y0), rel=1e-4, abs=1e-4)
+
+
+def test_bradley_terry_selection_frequencies_are_the_softmax():
+    from scipy.stats import chisquare
+
+    scores, tau, trials = [0.9, 0.5, 0.5, 0.2, 0.0], 0.3, 20000
+    rng = random.Random(7)
+    counts = np.bincount([pmc.select(scores, tau, rng) for _ in range(trials)], minlength=len(scores))
+    weights = np.exp((1 - np.asarray(scores)) / tau)
+    expected = trials * weights / weights.sum()
+    assert chisquare(counts, expected).pvalue > 1e-3
+    assert pmc.select(scores) == 4 and pmc.select([0.3, 0.1, 0.1]) == 1  # tau 0: the argmin, first of ties
+
+
+def test_a_bradley_terry_run_is_reproducible_and_checked(logged):
+    root, forget, _ = logged
+    retain = [{"question": "What?", "answer": "This."}]
+    picks = []
+    for _ in range(2):
+        model, tok = pmc_min.load(root / "phi")
+        cfg = UnlearnConfig(epochs=1, lr=1e-3, batch_size=5, grad_accum=1, max_length=40, n_samples=4,
+                            selection_temperature=0.5)
+        picks.append(unlearn(model, tok, forget, retain, cfg, progress=False)["final_picks"])
+    assert picks[0] == picks[1]
+    with pytest.raises(pmc_min.UserError, match="selection temperature must not be negative"):
+        UnlearnConfig(selection_temperature=-1).validate()
+
+
+def synthetic_run(questions: int, k: int, epochs: int, tau: float, seed: int = 0) -> dict:
+    """A results.json whose draws come from an exact categorical process: per question, four
+    answers with rewards 0 (y0), 0.25, 0.5, 1; the first k draws from a random p0 define the
+    empirical p_0, which then evolves by the exact curated update; each epoch draws k
+    answers from p_t, and log p(y0 | q) is the exact log p_t(y0)."""
+    rng = np.random.default_rng(seed)
+    levels = [0.0, 0.25, 0.5, 1.0]
+    draws, logp = [[None] * questions for _ in range(epochs)], [[0.0] * questions for _ in range(epochs + 1)]
+    for q in range(questions):
+        first = rng.choice(4, size=k, p=rng.dirichlet([2.0, 1.0, 1.0, 0.5]))
+        p = np.bincount(first, minlength=4) / k
+        draws[0][q] = [levels[i] for i in first]
+        for t in range(epochs + 1):
+            logp[t][q] = math.log(p[0]) if p[0] > 0 else -1e9
+            if 0 < t < epochs:
+                draws[t][q] = [levels[i] for i in rng.choice(4, size=k, p=p)]
+            p = np.asarray(curated.curated_update(list(p), levels, k, tau))
+            p = p / p.sum()
+    return {"method": "pmc", "config": {"n_samples": k, "selection_temperature": tau},
+            "curves": {"draw_rewards": draws, "logp_y0": logp}}
+
+
+@pytest.mark.parametrize("tau", [0.0, 0.5])
+def test_theory_practice_recovers_the_prediction_on_an_exact_categorical_process(tau, tmp_path, capsys):
+    k, questions, epochs = 4, 3000, 4
+    results = synthetic_run(questions, k, epochs, tau)
+    report = practice.compare(results)
+    for r in report["rows"]:
+        n = r["drawn"] * k
+        for name in ("reward", "off_top"):  # the mean of n draws from the predicted distributions
+            assert abs(r[f"{name}_measured"] - r[f"{name}_predicted"]) < 5 * 0.5 / math.sqrt(n) + 1e-12, (name, r)
+        assert abs(r["variance_measured"] - r["variance_predicted"]) < 0.02
+    # log p_t(y0) exactly, where the first draws held y0; where they did not, p(y0) = 0 from t = 1
+    exact = [[v for v in row if v > -1e8] for row in results["curves"]["logp_y0"]]
+    assert report["rows"][2]["logp_y0_predicted"] == pytest.approx(float(np.mean(exact[2])), rel=1e-9)
+    if tau == 0:
+        m0 = report["rows"][0]["off_top_predicted"]  # best of k: m_t = m_0^(k^t) per question
+        per_q = [sum(1 for r in results["curves"]["draw_rewards"][0][q] if r < max(
+            results["curves"]["draw_rewards"][0][q])) / k for q in range(questions)]
+        assert m0 == pytest.approx(np.mean(per_q))
+        assert report["rows"][2]["off_top_predicted"] == pytest.approx(np.mean([m ** (k ** 2) for m in per_q]))
+    (tmp_path / "results.json").write_text(json.dumps(results))
+    assert practice.main([str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "reward increase: holds" in out and "variance to 0: falls" in out and "probability to 0: mean" in out
