@@ -61,6 +61,21 @@ def predicted_path(rewards0: list[float], epochs: int, k: int, tau: float) -> li
     return path
 
 
+def log_level0_ratio(rewards0: list[float], path: list[list[float]], t: int, k: int, tau: float) -> float:
+    """log(p_t(level 0) / p_0(level 0)) for the level of reward 0, y0's: -inf from t = 1 on where
+    no draw at t = 0 had reward 0. Best of k in closed form (the lowest level's mass L obeys
+    L_{t+1} = L_t^k, so the ratio is L_0^(k^t - 1), without underflow); Bradley-Terry from the
+    iterated path (-inf once it underflows)."""
+    if t == 0:
+        return 0.0
+    if min(rewards0) != 0:
+        return -math.inf
+    zero0 = path[0][0]
+    if tau == 0:
+        return (k ** t - 1) * math.log(zero0)
+    return math.log(path[t][0] / zero0) if path[t][0] > 0 else -math.inf
+
+
 def compare(results: dict) -> dict:
     """Measured against predicted, per epoch t (the t-th draw; t = 0 the first)."""
     curves, config = results["curves"], results["config"]
@@ -77,23 +92,19 @@ def compare(results: dict) -> dict:
             levels, top, p = sorted(set(draws[0][q])), max(draws[0][q]), paths[q][t]
             r = np.asarray(draws[t][q])
             # p_0 is these draws' own distribution; later draws estimate p_t's variance without bias
-            m_meas[q] = (r.mean(), r.var(ddof=1 if t > 0 and len(r) > 1 else 0), float((r < top).mean()))
+            m_meas[q] = (r.mean(), r.var(ddof=1 if t > 0 and len(r) > 1 else 0), float((r < top).mean()),
+                         float((r > top).mean()))
             mean = sum(pi * v for pi, v in zip(p, levels))
             m_pred[q] = (mean, sum(pi * (v - mean) ** 2 for pi, v in zip(p, levels)),
                          sum(pi for pi, v in zip(p, levels) if v < top))
         y0_meas = float(np.mean(logp[t])) if t < len(logp) else None
-        y0_pred = []
-        for q in first:
-            levels, p0, pt = sorted(set(draws[0][q])), paths[q][0], paths[q][t]
-            zero0 = p0[0] if levels[0] == 0 else 0.0
-            zero_t = pt[0] if levels[0] == 0 else 0.0
-            y0_pred.append(logp[0][q] + (math.log(zero_t / zero0) if zero0 > 0 and zero_t > 0 else
-                                         (0.0 if t == 0 else -math.inf)))
+        y0_pred = [logp[0][q] + log_level0_ratio(draws[0][q], paths[q], t, k, tau) for q in first]
         finite = [v for v in y0_pred if v > -math.inf]
         rows.append({"t": t, "drawn": len(drawn),
                      **{f"{name}_{kind}": float(np.mean([vals[q][i] for q in drawn])) if drawn else None
                         for i, name in enumerate(("reward", "variance", "off_top"))
                         for kind, vals in (("measured", m_meas), ("predicted", m_pred))},
+                     "above_top_measured": float(np.mean([m_meas[q][3] for q in drawn])) if drawn else None,
                      "logp_y0_measured": y0_meas,
                      "logp_y0_predicted": float(np.mean(finite)) if finite else -math.inf,
                      "y0_gone_predicted": len(y0_pred) - len(finite)})
@@ -120,6 +131,14 @@ def verdict(rows: list[dict], logp: list[list[float]]) -> list[str]:
                f"{mean_logp[0]:.2f} -> {mean_logp[-1]:.2f} nats after {len(logp) - 1} epochs; the idealised update "
                f"predicts {one['logp_y0_predicted']:.2f} after one epoch for the questions with a draw of reward 0, "
                f"and p(y0) = 0 after one for the other {one['y0_gone_predicted']}")
+    reached = next((r["t"] for r in rows if r["logp_y0_predicted"] <= mean_logp[-1]), None)
+    if reached is not None:
+        out.append(f"y0's rate: the idealised update brings mean log p(y0 | q) to the run's final {mean_logp[-1]:.2f} "
+                   f"by epoch {reached}; the run took {len(logp) - 1}")
+    above = max(r["above_top_measured"] for r in seen)
+    out.append(f"support: the idealised update never leaves the reward levels drawn at t = 0, so its mean reward "
+               f"stops at their top; the run's draws {'go beyond it' if above > 0 else 'stay within it'} (up to "
+               f"{above:.0%} of an epoch's draws score above the question's best draw at t = 0)")
     target = rows[1]["off_top_predicted"] if len(rows) > 1 else None
     if target is not None and rows[1]["drawn"]:
         hit = next((r["t"] for r in seen if r["off_top_measured"] <= target), None)
@@ -138,9 +157,9 @@ def table(report: dict) -> str:
         def pair(name, f=".3f"):
             m, p = r[f"{name}_measured"], r[f"{name}_predicted"]
             return "—" if m is None else f"{m:{f}} / {p:{f}}"
-        y0m = "—" if r["logp_y0_measured"] is None else f"{r['logp_y0_measured']:.2f}"
+        y0m = "—" if r["logp_y0_measured"] is None else f"{r['logp_y0_measured']:.3g}"
         lines.append(f"| {r['t']} | {r['drawn']} | {pair('reward')} | {pair('variance', '.4f')} | {pair('off_top')} "
-                     f"| {y0m} / {r['logp_y0_predicted']:.2f} |")
+                     f"| {y0m} / {r['logp_y0_predicted']:.3g} |")
     return "\n".join(lines)
 
 
@@ -164,7 +183,9 @@ def plot(report: dict, out: str) -> None:
     pred = [r["logp_y0_predicted"] for r in rows]
     ax[3].plot([x for x, p in zip(t, pred) if p > -math.inf], [p for p in pred if p > -math.inf], "s--",
                label="idealised (questions with p(y0) > 0)")
-    ax[3].set(title="mean log p(y0 | q)", xlabel="epoch t", yscale="symlog")
+    measured = [r["logp_y0_measured"] for r in rows if r["logp_y0_measured"] is not None]
+    ax[3].set(title="mean log p(y0 | q) (idealised: off the axis below)", xlabel="epoch t",
+              ylim=(2 * min(measured) - 1, 0.5))
     ax[0].legend()
     ax[3].legend(fontsize=8)
     fig.suptitle(f"PMC: theory (best of {report['k']}" + (f", Bradley-Terry tau {report['tau']}" if report["tau"]
