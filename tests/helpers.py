@@ -72,3 +72,10 @@ def left_padded_batch(lengths: list[int], vocab: int, pad: int = 0, seed: int = 
 def hf_positions(mask: torch.Tensor) -> torch.Tensor:
     """Position ids as HF's generate derives them from a mask (independent of pmc_min)."""
     return (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)
+
+
+def rouge_recall(reference: str, candidate: str) -> float:
+    """ROUGE-L recall by rouge-score, stemming on (the reference implementation)."""
+    from rouge_score import rouge_scorer
+
+    return rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True).score(reference, candidate)["rougeL"].recall

@@ -12,7 +12,7 @@ import torch
 import pmc_min
 from pmc_min import own_data, pipeline
 from pmc_min.qa import strip_tag
-from helpers import write_hf_phi
+from helpers import rouge_recall, write_hf_phi
 from test_data_eval import ROOT, run_py
 from test_reliability import assert_clean_error
 
@@ -22,12 +22,6 @@ import run  # noqa: E402
 CANARY = "ZQXJCANARY"
 QUESTIONS = [f"Where was author {i} born?" for i in range(4)]
 RETAIN = [f"What did author {i} write?" for i in range(6)]
-
-
-def rouge_recall(reference: str, candidate: str) -> float:
-    from rouge_score import rouge_scorer
-
-    return rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True).score(reference, candidate)["rougeL"].recall
 
 
 @pytest.fixture(scope="module")

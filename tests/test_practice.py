@@ -13,14 +13,8 @@ import torch
 import pmc_min
 from pmc_min import pmc
 from pmc_min.train import UnlearnConfig, unlearn
-from helpers import write_hf_phi
+from helpers import rouge_recall, write_hf_phi
 from theory import curated, practice
-
-
-def rouge_recall(reference: str, candidate: str) -> float:
-    from rouge_score import rouge_scorer
-
-    return rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True).score(reference, candidate)["rougeL"].recall
 
 
 @pytest.fixture(scope="module")
