@@ -15,6 +15,7 @@ from pmc_min import pmc
 from pmc_min.train import UnlearnConfig, unlearn
 from helpers import rouge_recall, write_hf_phi
 from theory import curated, practice
+from test_data_eval import ROOT
 
 
 @pytest.fixture(scope="module")
@@ -143,3 +144,30 @@ def test_theory_practice_recovers_the_prediction_on_an_exact_categorical_process
     assert practice.main([str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "reward increase: holds" in out and "variance to 0: falls" in out and "probability to 0: mean" in out
+
+
+def test_pareto_front_equals_a_skyline_sweep_and_the_quick_grid_has_two_configurations_per_method():
+    """The sweep's front (tests/benchmarks/pareto.py) against the classic skyline algorithm:
+    sort by x descending (ties by y descending) and keep each point whose y beats every y before it."""
+    import importlib.util
+    from hypothesis import given, strategies as st
+
+    spec = importlib.util.spec_from_file_location("pareto", ROOT / "tests" / "benchmarks" / "pareto.py")
+    pareto = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(pareto)
+
+    @given(st.lists(st.tuples(st.integers(0, 6), st.integers(0, 6)), min_size=1, max_size=12, unique=True))
+    def check(coords):
+        points = {f"p{i}": c for i, c in enumerate(coords)}
+        best, skyline = -1, set()
+        for key, (x, y) in sorted(points.items(), key=lambda kv: (-kv[1][0], -kv[1][1])):
+            if y > best:
+                skyline.add(key)
+                best = y
+        assert set(pareto.pareto_front(points)) == skyline
+
+    check()
+    quick = pareto.grid(quick=True)
+    for method in pareto.METHODS:
+        assert sum(c["method"] == method and c.get("tau") is None for c in quick) == 2
+    assert {c.get("tau") for c in quick} == {None, 0.1, 1.0}

@@ -1,0 +1,147 @@
+"""The paper's main figure on the embedded default: unlearn quality against utility for
+every method over a grid of configurations and seeds, each method's Pareto front, and
+a second panel with fact recall (ROUGE alone rewards word salad).
+
+    python tests/benchmarks/pareto.py [--quick] [--out runs/pareto] [--seeds N]
+
+Each point is one `run.py --method M ... --seed S --eval factleak` on the tiny
+default; its results.json is kept under DIR/runs/<configuration>-s<seed>, so an
+interrupted sweep resumes where it stopped. Writes DIR/pareto.json (every point and,
+per method, the configurations on its front, from the means over seeds) and
+DIR/pareto.png. `--quick`: 2 configurations per method, 2 seeds (and the PMC
+selection-temperature ablation at one configuration).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+LRS, EPOCHS, LAMBDAS = (1e-4, 2e-4, 5e-4), (20, 40), (0.5, 1.5)
+RETAIN_TERM = ("pmc", "gd", "idk", "npo", "simnpo")  # GA has no retain term
+METHODS = ("pmc", "ga", "gd", "idk", "npo", "simnpo")
+TAUS = (0.1, 1.0)  # Bradley-Terry selection, beside the default argmax (tau 0)
+
+
+def grid(quick: bool) -> list[dict]:
+    """The configurations: learning rate x epochs (x lambda where there is a retain term),
+    and the tau ablation of PMC at its default learning rate and length."""
+    out = []
+    for method in METHODS:
+        lams = LAMBDAS if method in RETAIN_TERM else (None,)
+        configs = [dict(method=method, lr=lr, epochs=e, lam=lam) for lr, e, lam in itertools.product(LRS, EPOCHS, lams)]
+        if quick:
+            configs = [c for c in configs if c["epochs"] == 40 and c["lam"] in (None, 1.5) and c["lr"] != 5e-4]
+        out += configs
+    base = dict(method="pmc", lr=2e-4, epochs=40, lam=1.5)
+    out += [{**base, "tau": tau} for tau in TAUS]
+    return out
+
+
+def name(config: dict) -> str:
+    parts = [config["method"], f"lr{config['lr']:g}", f"e{config['epochs']}"]
+    parts += [f"lam{config['lam']:g}"] if config.get("lam") is not None else []
+    parts += [f"tau{config['tau']:g}"] if config.get("tau") is not None else []
+    return "-".join(parts)
+
+
+def flags(config: dict, seed: int) -> list[str]:
+    out = ["--method", config["method"], "--lr", str(config["lr"]), "--epochs", str(config["epochs"]),
+           "--seed", str(seed), "--eval", "factleak"]
+    if config.get("lam") is not None:
+        out += ["--lam", str(config["lam"])]
+    if config.get("tau") is not None:
+        out += ["--selection-temperature", str(config["tau"])]
+    return out
+
+
+def pareto_front(points: dict[str, tuple[float, float]]) -> list[str]:
+    """The keys whose (x, y) no other point dominates (>= in both, > in one), both maximised."""
+    return sorted(k for k, (x, y) in points.items()
+                  if not any(a >= x and b >= y and (a > x or b > y) for j, (a, b) in points.items() if j != k))
+
+
+def sweep(out: Path, quick: bool, seeds: int) -> dict:
+    points = []
+    for config, seed in itertools.product(grid(quick), range(seeds)):
+        folder = out / "runs" / f"{name(config)}-s{seed}"
+        if not (folder / "results.json").is_file():
+            command = [sys.executable, "run.py", *flags(config, seed), "--out", str(folder)]
+            print("$", shlex.join(command[1:]), flush=True)
+            subprocess.run([*command, "--no-progress"], check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
+        r = json.loads((folder / "results.json").read_text())["after"]
+        points.append({**config, "seed": seed, "name": name(config), "unlearn_quality": r["unlearn_quality"],
+                       "utility": r["utility"], "fact_recall": r["robustness"]["factleak"]["greedy"]})
+    means = {}
+    for p in points:
+        means.setdefault(p["name"], []).append(p)
+    summary = {k: {key: sum(p[key] for p in ps) / len(ps) for key in ("unlearn_quality", "utility", "fact_recall")}
+               | {"method": ps[0]["method"], "config": {c: ps[0].get(c) for c in ("lr", "epochs", "lam", "tau")}}
+               for k, ps in means.items()}
+    fronts = {}
+    for method in METHODS:
+        own = {k: v for k, v in summary.items() if v["method"] == method and v["config"]["tau"] is None}
+        fronts[method] = {
+            "rouge": pareto_front({k: (v["unlearn_quality"], v["utility"]) for k, v in own.items()}),
+            "facts": pareto_front({k: (100 * (1 - v["fact_recall"]), v["utility"]) for k, v in own.items()})}
+    return {"points": points, "means": summary, "front": fronts, "seeds": seeds, "quick": quick}
+
+
+def plot(result: dict, path: Path) -> bool:
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    fig, ax = plt.subplots(1, 2, figsize=(13, 5))
+    means = result["means"]
+    for i, method in enumerate(METHODS):
+        color = f"C{i}"
+        own = {k: v for k, v in means.items() if v["method"] == method and v["config"]["tau"] is None}
+        for a, xkey, front in ((ax[0], "unlearn_quality", "rouge"), (ax[1], "fact_recall", "facts")):
+            x = (lambda v: v[xkey]) if xkey == "unlearn_quality" else (lambda v: 100 * (1 - v["fact_recall"]))
+            a.scatter([x(v) for v in own.values()], [v["utility"] for v in own.values()], color=color, alpha=0.6,
+                      label=method.upper() if method != "simnpo" else "SimNPO")
+            line = sorted((x(own[k]), own[k]["utility"]) for k in result["front"][method][front])
+            a.plot([p[0] for p in line], [p[1] for p in line], color=color)
+    taus = {k: v for k, v in means.items() if v["config"]["tau"] is not None}
+    for k, v in taus.items():
+        for a, x in ((ax[0], v["unlearn_quality"]), (ax[1], 100 * (1 - v["fact_recall"]))):
+            a.scatter([x], [v["utility"]], marker="*", s=120, color="k")
+            a.annotate(f"PMC tau {v['config']['tau']:g}", (x, v["utility"]), fontsize=8)
+    ax[0].set(xlabel="unlearn quality (ROUGE-L)", ylabel="utility", title="unlearn quality against utility")
+    ax[1].set(xlabel="100 x (1 - fact recall on the forget set)", ylabel="utility",
+              title="facts forgotten against utility")
+    ax[0].legend()
+    fig.suptitle(f"tiny default, means over {result['seeds']} seeds; lines: each method's Pareto front")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--out", default="runs/pareto")
+    parser.add_argument("--seeds", type=int)
+    args = parser.parse_args()
+    out = Path(args.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    result = sweep(out, args.quick, args.seeds or (2 if args.quick else 3))
+    (out / "pareto.json").write_text(json.dumps(result, indent=1) + "\n")
+    print(f"Wrote {out / 'pareto.json'}" + (f" and {out / 'pareto.png'}" if plot(result, out / "pareto.png") else ""))
+    for method in METHODS:
+        print(f"{method}: front (ROUGE) {', '.join(result['front'][method]['rouge'])}")
+
+
+if __name__ == "__main__":
+    main()
