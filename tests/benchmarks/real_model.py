@@ -46,6 +46,12 @@ if not rows:
     sys.exit("no results yet")
 
 
+def cell(text: str, limit: int = 160) -> str:
+    """One markdown table cell: one line, pipes escaped, long answers cut."""
+    text = " ".join(text.split()).replace("|", "\\|")
+    return text if len(text) <= limit else text[:limit] + " …"
+
+
 def cells(r: dict) -> str:
     rouge, rb, t = r["rouge_l_recall"], r["robustness"], r["tofu"]
     return (f"{r['unlearn_quality']:.1f} | {r['utility']:.1f} | {rouge['forget']:.3f} | {rouge['retain']:.3f} | "
@@ -69,8 +75,8 @@ print()
 for i in range(5):
     ex = first["before"]["examples"]["forget"][i]
     print(f"**Q{i + 1}. {ex['question']}**\n\n| model | answer |\n|---|---|")
-    print(f"| ground truth | {ex['answer']} |")
-    print(f"| fine-tuned | {ex['generated']} |")
+    print(f"| ground truth | {cell(ex['answer'])} |")
+    print(f"| fine-tuned | {cell(ex['generated'])} |")
     for name, r in rows:
-        print(f"| {name} | {r['after']['examples']['forget'][i]['generated']} |")
+        print(f"| {name} | {cell(r['after']['examples']['forget'][i]['generated'])} |")
     print()
