@@ -27,7 +27,7 @@ import numpy as np
 
 from .attacks import worst_case
 from .errors import UserError
-from .qa import generate_answers
+from .qa import generate_answers, greedy_answers
 from .rouge import rouge_l_recall
 from .sample import Sampling
 from .train import UnlearnConfig, unlearn
@@ -132,10 +132,6 @@ def spread(n: int, k: int = EVAL_RETAIN) -> list[int]:
     return list(range(n))[::max(1, -(-n // k))][:k]
 
 
-def greedy(model, tokenizer, questions: list[str], max_length: int) -> list[str]:
-    return [a[0] for a in generate_answers(model, tokenizer, questions, n=1, max_length=max_length)]
-
-
 def similarity_to_y0(model, tokenizer, forget: list[str], retain: list[str], y0: dict | None, *, m: int,
                      sampling: Sampling, max_length: int, seed: int = 0, answers: list[str] | None = None,
                      retain_answers: list[str] | None = None, examples: int = 5) -> dict:
@@ -144,7 +140,7 @@ def similarity_to_y0(model, tokenizer, forget: list[str], retain: list[str], y0:
     model's own greedy answers before unlearning; these greedy answers are y0 when y0 is None).
     With `answers` (and retain rows' answers), the same answers are also scored against the
     ground truth."""
-    now = {"forget": greedy(model, tokenizer, forget, max_length), "retain": greedy(model, tokenizer, retain, max_length)}
+    now = {"forget": greedy_answers(model, tokenizer, forget, max_length), "retain": greedy_answers(model, tokenizer, retain, max_length)}
     fresh, y0 = y0 is None, y0 or now
     samples = generate_answers(model, tokenizer, forget, n=m, max_length=max_length, sampling=sampling, seed=seed)
     recall = lambda refs, outs: float(np.mean([rouge_l_recall(r, o) for r, o in zip(refs, outs)]))  # noqa: E731
@@ -169,7 +165,7 @@ def similarity_to_y0(model, tokenizer, forget: list[str], retain: list[str], y0:
 
 def self_distilled(model, tokenizer, questions: list[str], max_length: int) -> list[dict]:
     """Retain rows whose targets are the model's own greedy answers (no ground truth needed)."""
-    return [{"question": q, "answer": a} for q, a in zip(questions, greedy(model, tokenizer, questions, max_length))]
+    return [{"question": q, "answer": a} for q, a in zip(questions, greedy_answers(model, tokenizer, questions, max_length))]
 
 
 def unlearn_questions(model, tokenizer, questions: list[str], retain: list, config: UnlearnConfig | None = None, *,

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .model import Transformer, nll
-from .qa import encode_qa, generate_answers
+from .qa import encode_qa, generate_answers, greedy_answers
 from .rouge import rouge_l_recall
 from .sample import Sampling
 from .tokenizer import Tokenizer
@@ -36,7 +36,7 @@ from .tokenizer import Tokenizer
 
 def initial_answers(model: Transformer, tokenizer: Tokenizer, questions: list[str], max_length: int) -> list[str]:
     """Step 1: y0, the original model's greedy answer to every forget question."""
-    return [a[0] for a in generate_answers(model, tokenizer, questions, n=1, max_length=max_length)]
+    return greedy_answers(model, tokenizer, questions, max_length)
 
 
 def sample_answers(model: Transformer, tokenizer: Tokenizer, questions: list[str], n: int, sampling: Sampling,

@@ -138,3 +138,8 @@ def generate_answers(model: Transformer, tokenizer: Tokenizer, questions: list[s
     prompts = tokenizer.encode_batch([prompt(q, tokenizer.chat) for q in questions])
     return [[strip_tag(text) for text in texts]
             for texts in complete(model, tokenizer, prompts, n=n, max_length=max_length, **settings)]
+
+
+def greedy_answers(model: Transformer, tokenizer: Tokenizer, questions: list[str], max_length: int) -> list[str]:
+    """One greedy answer per question."""
+    return [a[0] for a in generate_answers(model, tokenizer, questions, n=1, max_length=max_length)]
