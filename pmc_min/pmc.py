@@ -29,6 +29,7 @@ import torch
 
 from .model import Transformer, nll
 from .qa import encode_qa, generate_answers, greedy_answers
+from .rng import seed_of
 from .rouge import rouge_l_recall
 from .sample import Sampling
 from .tokenizer import Tokenizer
@@ -40,8 +41,8 @@ def initial_answers(model: Transformer, tokenizer: Tokenizer, questions: list[st
 
 
 def sample_answers(model: Transformer, tokenizer: Tokenizer, questions: list[str], n: int, sampling: Sampling,
-                   max_length: int, seed: int | None = None, compile: bool = False) -> list[list[str]]:
-    """Step 2: n answers per question from the current model."""
+                   max_length: int, seed: int | list[int] | None = None, compile: bool = False) -> list[list[str]]:
+    """Step 2: n answers per question from the current model (seed: one per question, see `draw_seed`)."""
     return generate_answers(model, tokenizer, questions, n=n, max_length=max_length, sampling=sampling, seed=seed,
                             compile=compile)
 
@@ -95,20 +96,27 @@ class BestSoFar:
         return self.scores.get(q) != 0.0
 
 
+def draw_seed(seed: int, epoch: int, question: int) -> int:
+    """The seed of a forget question's draws in an epoch: the same whichever batch, process
+    or rank draws them (`rng`)."""
+    return seed_of(seed, epoch, question)
+
+
 def resample(model: Transformer, tokenizer: Tokenizer, cache: BestSoFar, batch: list[int], questions: list[str],
              y0: list[str], *, n: int, sampling: Sampling, max_length: int, min_len: int = 0,
-             seed: int | None = None, compile: bool = False, tau: float = 0.0) -> dict[int, tuple[list, list]]:
-    """Steps 2-5 for one batch of forget questions (indices into questions/y0); returns
-    {question: (its samples, their scores)} for the questions it sampled."""
+             seed: int = 0, epoch: int = 1, compile: bool = False,
+             tau: float = 0.0) -> dict[int, tuple[list, list]]:
+    """Steps 2-5 for one batch of forget questions (indices into questions/y0) in an epoch;
+    returns {question: (its samples, their scores)} for the questions it sampled."""
     todo = [q for q in batch if cache.needs_sampling(q)]
     if not todo:
         return {}
-    samples = sample_answers(model, tokenizer, [questions[q] for q in todo], n, sampling, max_length, seed, compile)
-    rng = random.Random(seed) if tau > 0 else None  # Bradley-Terry's draws; argmax draws nothing
+    seeds = [draw_seed(seed, epoch, q) for q in todo]
+    samples = sample_answers(model, tokenizer, [questions[q] for q in todo], n, sampling, max_length, seeds, compile)
     drawn = {}
-    for q, candidates in zip(todo, samples):
+    for q, s, candidates in zip(todo, seeds, samples):
         scores = [score(x, y0[q], min_len) for x in candidates]
-        best = select(scores, tau, rng)
+        best = select(scores, tau, random.Random(s) if tau > 0 else None)  # Bradley-Terry's draw; argmax draws none
         cache.offer(q, candidates[best], scores[best])
         drawn[q] = (candidates, scores)
     return drawn

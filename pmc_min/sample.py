@@ -9,6 +9,8 @@ step, not n times: `kv_cache.SharedPrefixKV`). Temperature, top-k and top-p
 filtering and the draw itself stay on the device (the draw inverts the CDF
 at one uniform per row, with no host sync); the all-finished check syncs
 only every few steps. Large jobs are cut into batches by a token budget.
+Every sample row draws from its own counter-based stream (`rng`), so a
+prompt's samples depend on its seed only, not on its batch or position.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
+from . import rng
 from .kv_cache import clear_cache, setup_cache, share_prefix
 from .model import Transformer
 from .tokenizer import Tokenizer
@@ -94,20 +97,20 @@ def filter_logits(logits: torch.Tensor, sampling: Sampling) -> torch.Tensor:
     return torch.where(keep, logits, float("-inf"))
 
 
-def draw(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+def draw(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     """One token per row from probs (B, V), without a host sync (unlike
-    torch.multinomial): invert the CDF at one uniform per row. The first
-    index whose cumulative probability exceeds u always has probability > 0."""
+    torch.multinomial): invert the CDF at the row's uniform u (B,) in [0, 1). The
+    first index whose cumulative probability exceeds u always has probability > 0."""
     cdf = probs.cumsum(dim=-1)  # (B, V)
-    u = torch.rand(probs.shape[0], 1, device=probs.device, generator=generator) * cdf[:, -1:]
+    u = u[:, None].to(cdf.dtype) * cdf[:, -1:]
     return torch.searchsorted(cdf, u, right=True).squeeze(-1).clamp(max=probs.shape[-1] - 1)
 
 
-def pick_next(logits: torch.Tensor, sampling: Sampling | None, generator: torch.Generator | None) -> torch.Tensor:
+def pick_next(logits: torch.Tensor, sampling: Sampling | None, u: torch.Tensor | None) -> torch.Tensor:
     logits = logits.float()
     if sampling is None:
         return logits.argmax(dim=-1)
-    return draw(filter_logits(logits, sampling).softmax(dim=-1), generator)
+    return draw(filter_logits(logits, sampling).softmax(dim=-1), u)
 
 
 SHAPE_STEP = 64
@@ -119,7 +122,7 @@ def round_up(x: int, step: int) -> int:
 
 @torch.inference_mode()
 def generate_batch(model: Transformer, prompts: list[list[int]], n: int, max_new_tokens: int, eos_id: int,
-                   pad_id: int, sampling: Sampling | None = None, generator: torch.Generator | None = None,
+                   pad_id: int, sampling: Sampling | None = None, seeds: list[int] | None = None,
                    sync_every: int = 8,
                    decode=None, static: bool | None = None) -> list[list[int]]:
     """n completions for each prompt of one batch (rows prompt-major), each cut
@@ -141,6 +144,8 @@ def generate_batch(model: Transformer, prompts: list[list[int]], n: int, max_new
         U, P = len(prompts), round_up(P, SHAPE_STEP)
         S = round_up(P + max_new_tokens, SHAPE_STEP)
     B = U * n
+    if sampling is not None:  # rows prompt-major: prompt i's n samples are rows i*n .. i*n + n-1
+        u = torch.from_numpy(rng.uniforms(list(seeds) + [0] * (U - real_rows // n), n, max_new_tokens)).to(device)
     ids = torch.full((U, P), pad_id, dtype=torch.long)
     key_mask = torch.ones(U, S, dtype=torch.long)  # future slots may stay 1: causality hides them
     for b, p in enumerate(prompts):
@@ -159,7 +164,7 @@ def generate_batch(model: Transformer, prompts: list[list[int]], n: int, max_new
         pos = torch.tensor([P], device=device) if static else None  # a static step's slot, as data
         step = model if decode is None else decode
         for t in range(max_new_tokens):
-            token = pick_next(logits, sampling, generator)
+            token = pick_next(logits, sampling, None if sampling is None else u[:, t])
             token = token.masked_fill(done, pad_id)  # finished rows keep emitting pad
             out[:, t] = token
             done |= token == eos_id
@@ -188,10 +193,25 @@ def compiled_decode(model: Transformer):
     return torch.compile(model, fullgraph=True, dynamic=True)
 
 
+def prompt_seeds(seed: int | list[int] | None, count: int) -> list[int]:
+    """One seed per prompt: as given, derived from the call's seed, or fresh."""
+    if isinstance(seed, (list, tuple)):
+        if len(seed) != count:
+            raise ValueError(f"Bad sampling setting: {len(seed)} seeds for {count} prompts.")
+        return list(seed)
+    if seed is None:
+        seed = int(torch.randint(0, 2 ** 62, ()).item())
+    return [rng.seed_of(seed, i) for i in range(count)]
+
+
 def generate_ids(model: Transformer, prompts: list[list[int]], *, n: int = 1, max_new_tokens: int = 200,
-                 eos_id: int, pad_id: int, sampling: Sampling | None = None, seed: int | None = None,
+                 eos_id: int, pad_id: int, sampling: Sampling | None = None, seed: int | list[int] | None = None,
                  max_batch_tokens: int = 1 << 16, compile: bool = False) -> list[list[list[int]]]:
     """n completions (token ids, cut before eos) for each prompt; greedy (one each) without `sampling`.
+
+    seed: one per prompt, or one for the call (prompt i then gets `rng.seed_of(seed, i)`),
+    or None (a fresh one from torch's generator). A prompt's samples depend on its seed
+    only, not on the other prompts of the call.
 
     Prompts are sorted by length (less padding) and cut into batches of at
     most max_batch_tokens cache slots (n rows of prompt + new tokens each)."""
@@ -206,9 +226,7 @@ def generate_ids(model: Transformer, prompts: list[list[int]], *, n: int = 1, ma
         raise ValueError(f"Bad sampling setting: {'; '.join(problems)}.")
     if sampling is None:
         n = 1
-    generator = None
-    if seed is not None:
-        generator = torch.Generator(device=model.device).manual_seed(seed)
+    seeds = prompt_seeds(seed, len(prompts)) if sampling is not None else [0] * len(prompts)
     decode = compiled_decode(model) if compile else None
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]), reverse=True)
     results: list[list[list[int]]] = [[] for _ in prompts]
@@ -218,7 +236,7 @@ def generate_ids(model: Transformer, prompts: list[list[int]], *, n: int = 1, ma
         size = max(1, min(len(order) - start, max_batch_tokens // width))
         batch = order[start:start + size]
         outs = generate_batch(model, [prompts[i] for i in batch], n, max_new_tokens, eos_id, pad_id, sampling,
-                              generator, decode=decode)
+                              [seeds[i] for i in batch], decode=decode)
         for j, i in enumerate(batch):
             results[i] = outs[j * n:(j + 1) * n]
         start += size

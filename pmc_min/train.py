@@ -240,7 +240,7 @@ class ForgetSide:
     def __init__(self, model, tokenizer, forget_rows, cfg: UnlearnConfig, state: TrainingState):
         self.tokenizer, self.rows, self.cfg, self.device = tokenizer, forget_rows, cfg, model.device
 
-    def prepare(self, idx: list[int], seed: int) -> dict:
+    def prepare(self, idx: list[int], epoch: int) -> dict:
         return {}
 
     def batch(self, idx: list[int]) -> dict:
@@ -262,13 +262,13 @@ class Collapse(ForgetSide):
         self.sampler = (model if dtype == model.dtype else
                         build(model.config, dict(model.state_dict()), device=model.device, dtype=dtype))
 
-    def prepare(self, idx: list[int], seed: int) -> dict:
+    def prepare(self, idx: list[int], epoch: int) -> dict:
         if self.sampler is not self.model:
             self.sampler.load_weights_from(self.model)
         cfg = self.cfg
         return pmc.resample(self.sampler, self.tokenizer, self.state.cache, idx, self.questions, self.state.y0,
                             n=cfg.n_samples, sampling=cfg.sampling, max_length=cfg.max_length, min_len=cfg.min_len,
-                            seed=seed, compile=cfg.compile, tau=cfg.selection_temperature)
+                            seed=cfg.seed, epoch=epoch, compile=cfg.compile, tau=cfg.selection_temperature)
 
     def logp_y0(self) -> list[float]:
         """log p(y0 | q) of every forget question under the current weights (the theory
@@ -280,11 +280,6 @@ class Collapse(ForgetSide):
         cache = self.state.cache
         return pmc.collapse_batch(self.tokenizer, [self.questions[q] for q in idx], [cache.answers[q] for q in idx],
                                   self.cfg.max_length, self.device)
-
-
-def draw_seed(seed: int, step: int, micro_batch: int) -> int:
-    """The seed of one PMC draw: distinct for every (run seed, optimizer step, micro-batch)."""
-    return seed * 1_000_003 + step * 997 + micro_batch
 
 
 def unlearn(model: Transformer, tokenizer: Tokenizer, forget_rows: list[dict], retain_rows: list[dict],
@@ -329,7 +324,7 @@ def unlearn(model: Transformer, tokenizer: Tokenizer, forget_rows: list[dict], r
                 break
             idx = order[i * cfg.batch_size:(i + 1) * cfg.batch_size]
             retain_idx = rng.sample(range(len(retain_rows)), k=min(len(idx), len(retain_rows)))
-            drawn = forget.prepare(idx, draw_seed(cfg.seed, state.step, i))
+            drawn = forget.prepare(idx, epoch + 1)
             if cfg.method == "pmc":
                 curves.draws(epoch + 1, len(forget_rows), drawn)
                 curves.add(picked_rouge_l=[state.cache.scores[q] for q in idx])
