@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 import pmc_min
-from pmc_min import checkpoint, own_data, tiny, tofu
+from pmc_min import checkpoint, distributed, own_data, tiny, tofu
 from pmc_min.data import FORGET_SPLITS, RETAIN_OF, load_split, resolve_data_dir, wikitext_probe
 from pmc_min.evaluate import eval_sets
 from pmc_min.pipeline import (Evaluations, OwnDataEvaluations, Run, Stopwatch, evaluate_before, finish_overunlearn,
@@ -79,7 +79,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--grad-accum", type=int, help="micro-batches per optimizer step")
     p.add_argument("--max-length", type=int, help="prompt + answer tokens")
     p.add_argument("--lam", "--lambda", dest="lam", type=float, help="weight of the retain loss")
-    p.add_argument("--n", dest="n_samples", type=int, help="samples per forget question")
+    p.add_argument("--n", "--n-samples", dest="n_samples", type=int, help="samples per forget question")
     p.add_argument("--temperature", type=float, help="sampling temperature")
     p.add_argument("--top-p", type=float, help="nucleus sampling threshold")
     p.add_argument("--top-k", type=int, help="top-k filter, 0 for none")
@@ -95,6 +95,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--sample-dtype", choices=["float32", "bfloat16", "float16"],
                    help="PMC samples from a copy of the weights in this dtype (default: bfloat16 on a GPU, "
                         "else the model's own)")
+    p.add_argument("--fsdp", action="store_true", default=None, help="under torchrun: shard weights, gradients and "
+                   "AdamW states per transformer block with FSDP2 (default: DistributedDataParallel)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--full-eval", action="store_true", help="evaluate the whole retain split, not 400 rows")
     p.add_argument("--limit", type=int, help="use only the first N rows of every split (quick smoke runs)")
@@ -300,19 +302,28 @@ def merged(args, model_dir: Path) -> tuple[str, dict, UnlearnConfig]:
 
 def keep_argv(args, argv: list[str], out: Path) -> None:
     """run.json: the command line that --resume repeats."""
-    if not args.resume:
+    if not args.resume and distributed.main_rank():
         atomic_write_text(out / "run.json", json.dumps({"argv": argv}) + "\n")
 
 
 def main(argv=None) -> int:
+    """The whole pipeline. Under torchrun every rank runs it: rank 0 builds what is cached while
+    the others wait, generation and training are shared, and rank 0 alone writes and prints."""
     clock = Stopwatch()
-    run = settle(*arguments(argv))
-    model, tokenizer, state, before = starting_point(run)
-    evaluations = (OwnDataEvaluations if run.own_data else Evaluations)(run, tokenizer)
+    args, argv = arguments(argv)
+    check_device(args.device)
+    args.device = distributed.init(args.device)
+    if not distributed.main_rank():
+        args.no_progress, sys.stdout = True, open(os.devnull, "w")
+    with distributed.rank_zero_first():
+        run = settle(args, argv)
+        model, tokenizer, state, before = starting_point(run)
+        evaluations = (OwnDataEvaluations if run.own_data else Evaluations)(run, tokenizer)
     clock.lap("start")  # the model found or converted, fine-tuned (unless cached), the reference built if asked
     if before is None:
         before = evaluate_before(run, evaluations, model, tokenizer)
-        write_json(run.out / "before.json", before)
+        if distributed.main_rank():
+            write_json(run.out / "before.json", before)
         clock.lap("evaluate_before")
     base_probs, base = overunlearn_base(run, evaluations, tokenizer, before)
     model, tokenizer, curves = train(run, model, tokenizer, state, before)
@@ -321,7 +332,9 @@ def main(argv=None) -> int:
     after = evaluations(model, tokenizer, base_probs, before)
     finish_overunlearn(after, before, base_probs, base)
     clock.lap("evaluate_after")
-    write_results(run, model, tokenizer, before, after, curves, clock)
+    if distributed.main_rank():
+        write_results(run, model, tokenizer, before, after, curves, clock)
+    distributed.close()
     return 0
 
 

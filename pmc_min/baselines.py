@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .model import nll
+from .model import nll, row_mean
 from .qa import sequence_logprob
 
 IDK_ANSWER = "I don't know."
@@ -43,14 +43,14 @@ def idk_loss(model, forget, retain, lam, **_):
 
 def npo_loss(model, forget, retain, lam, *, ref_logprob: torch.Tensor, beta: float = 0.1, **_):
     logp, _ = sequence_logprob(model, forget)
-    f = -(2 / beta) * F.logsigmoid(-beta * (logp - ref_logprob)).mean()
+    f = -(2 / beta) * row_mean(F.logsigmoid(-beta * (logp - ref_logprob)), forget)
     r = nll(model, retain)
     return f + lam * r, {"forget_loss": f.item(), "retain_loss": r.item()}
 
 
 def simnpo_loss(model, forget, retain, lam, *, beta: float = 2.5, gamma: float = 0.0, **_):
     logp, length = sequence_logprob(model, forget)
-    f = -(2 / beta) * F.logsigmoid(beta * (-logp / length.clamp(min=1) - gamma)).mean()
+    f = -(2 / beta) * row_mean(F.logsigmoid(beta * (-logp / length.clamp(min=1) - gamma)), forget)
     r = nll(model, retain)
     return f + lam * r, {"forget_loss": f.item(), "retain_loss": r.item()}
 

@@ -12,7 +12,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from . import attacks, checkpoint, own_data, report, tiny, tiny_data, tofu
+from . import attacks, checkpoint, distributed, own_data, report, tiny, tiny_data, tofu
 from .checkpoint import load as load_model
 from .data import load_split
 from .evaluate import evaluate, fluency_nll
@@ -207,7 +207,7 @@ def evaluate_before(run: Run, evaluations: Evaluations, model, tokenizer) -> dic
             return json.loads(path.read_text())
     run.log("Evaluating before unlearning ...")
     before = evaluations(model, tokenizer)
-    if path is not None:
+    if path is not None and distributed.main_rank():
         path.parent.mkdir(exist_ok=True)
         report.write_json(path, before)
     return before
@@ -242,7 +242,8 @@ def train(run: Run, model, tokenizer, state, before: dict):
     try:
         if args.reference:
             run.log("Training the retain-only reference model ...")
-            return *reference_model(run), {}
+            with distributed.rank_zero_first():
+                return *reference_model(run), {}
         what = args.forget_questions or args.split
         run.log(f"Unlearning {what} ({len(run.forget_rows)} questions) with {args.method} ...")
         return model, tokenizer, unlearn(model, tokenizer, run.forget_rows, retain_rows, run.cfg, y0=y0,

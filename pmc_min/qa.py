@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import torch
 
+from . import distributed
 from .model import Transformer, autocast
-from .sample import Sampling, generate_ids
+from .sample import Sampling, generate_ids, prompt_seeds
 from .tokenizer import Tokenizer
 
 ANSWER_TAG = "Answer:"
@@ -122,14 +123,19 @@ def complete(model: Transformer, tokenizer: Tokenizer, prompts: list[list[int]],
              sampling: Sampling | None = None, seed: int | None = None, max_batch_tokens: int = 1 << 16,
              compile: bool = False) -> list[list[str]]:
     """n decoded completions of each tokenised prompt (greedy, one, without `sampling`),
-    prompt + completion within max_length tokens, in eval mode (the model's mode is restored)."""
+    prompt + completion within max_length tokens, in eval mode (the model's mode is restored).
+    Under torchrun each rank completes every N-th prompt, with the seed it has in one process,
+    and every rank gets all completions."""
     max_new = max(1, max_length - max(map(len, prompts)))
+    mine = distributed.share(len(prompts))
+    seeds = prompt_seeds(seed, len(prompts)) if sampling is not None else None
     was_training = model.training
     model.eval()
-    ids = generate_ids(model, prompts, n=n, max_new_tokens=max_new, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id,
-                       sampling=sampling, seed=seed, max_batch_tokens=max_batch_tokens, compile=compile)
+    ids = generate_ids(model, [prompts[i] for i in mine], n=n, max_new_tokens=max_new, eos_id=tokenizer.eos_id,
+                       pad_id=tokenizer.pad_id, sampling=sampling, seed=None if seeds is None else [seeds[i] for i in mine],
+                       max_batch_tokens=max_batch_tokens, compile=compile)
     model.train(was_training)
-    return [tokenizer.decode_batch(per_prompt) for per_prompt in ids]
+    return distributed.gather([tokenizer.decode_batch(per_prompt) for per_prompt in ids], len(prompts))
 
 
 def generate_answers(model: Transformer, tokenizer: Tokenizer, questions: list[str], *, n: int, max_length: int,

@@ -9,6 +9,12 @@ checkpoint is written under a temporary name, fsynced, and renamed into
 place; only then does `<out>/checkpoints/LATEST` (itself replaced
 atomically) point to it. A crash mid-write leaves the previous checkpoint
 as the one resumed from.
+
+Under torchrun (DDP or FSDP2) the training weights and AdamW states are written
+by every rank with torch.distributed.checkpoint into `sharded/` (each rank its
+shards, rank 0 the metadata), and rank 0 writes the rest, the plain model in
+HF's layout included; a resumed run reads them back into whatever sharding it
+has.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+from . import distributed
 from .checkpoint import load, save
 from .errors import UserError
 from .pmc import BestSoFar
@@ -52,30 +59,54 @@ def _json_state(state: TrainingState) -> dict:
 
 
 def save_state(out: Path, model, tokenizer, state: TrainingState, keep: int = 1) -> Path:
-    """Write epoch state.epoch's checkpoint atomically and point LATEST at it."""
+    """Write epoch state.epoch's checkpoint atomically and point LATEST at it (under torchrun:
+    every rank calls this)."""
     root = Path(out) / "checkpoints"
-    root.mkdir(parents=True, exist_ok=True)
     name = f"epoch-{state.epoch:04d}"
-    tmp = root / f".tmp-{name}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    save(model, tokenizer, tmp)
-    torch.save({"optimizer": state.optimizer, "scheduler": state.scheduler, "ref_logprob": state.ref_logprob},
-               tmp / "trainer.pt")
-    (tmp / "state.json").write_text(json.dumps(_json_state(state)) + "\n")
-    for f in tmp.iterdir():
-        fsync_path(f)
-    fsync_path(tmp)
-    final = root / name
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
-    fsync_path(root)
-    atomic_write_text(root / "LATEST", name + "\n")
-    older = sorted(p for p in root.glob("epoch-*") if p.name != name)
-    for old in older[:max(0, len(older) - (keep - 1))]:
-        shutil.rmtree(old)
+    tmp, final = root / f".tmp-{name}", root / name
+    engine = state.engine
+    if distributed.main_rank():
+        root.mkdir(parents=True, exist_ok=True)
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir()
+    if engine is not None:
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import get_state_dict
+        distributed.barrier()
+        weights, optimizer = get_state_dict(engine.module, engine.opt)
+        dcp.save({"model": weights, "optimizer": optimizer}, checkpoint_id=str(tmp / "sharded"))
+        distributed.barrier()
+    if distributed.main_rank():
+        save(model, tokenizer, tmp)
+        torch.save({"optimizer": state.optimizer, "scheduler": state.scheduler, "ref_logprob": state.ref_logprob},
+                   tmp / "trainer.pt")
+        (tmp / "state.json").write_text(json.dumps(_json_state(state)) + "\n")
+        for f in tmp.rglob("*"):
+            if f.is_file():
+                fsync_path(f)
+        fsync_path(tmp)
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        fsync_path(root)
+        atomic_write_text(root / "LATEST", name + "\n")
+        older = sorted(p for p in root.glob("epoch-*") if p.name != name)
+        for old in older[:max(0, len(older) - (keep - 1))]:
+            shutil.rmtree(old)
+    distributed.barrier()
     return final
+
+
+def load_sharded(folder: str, engine) -> None:
+    """Read a torchrun checkpoint's training weights and AdamW states into engine's module and
+    optimizer, resharded to this run's ranks."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+    weights, optimizer = get_state_dict(engine.module, engine.opt)
+    saved = {"model": weights, "optimizer": optimizer}
+    dcp.load(saved, checkpoint_id=folder)
+    set_state_dict(engine.module, engine.opt, model_state_dict=saved["model"], optim_state_dict=saved["optimizer"])
 
 
 def latest_state(out: Path) -> Path | None:
@@ -97,5 +128,6 @@ def load_state(path: Path, device="cpu"):
                           rng=(saved["rng"][0], tuple(saved["rng"][1]), saved["rng"][2]),
                           cache=BestSoFar({int(k): v for k, v in saved["cache_answers"].items()},
                                           {int(k): v for k, v in saved["cache_scores"].items()}),
+                          sharded=str(Path(path) / "sharded") if (Path(path) / "sharded").is_dir() else None,
                           **trainer)
     return model, tokenizer, state

@@ -12,16 +12,17 @@ from __future__ import annotations
 
 import math
 import random
+import warnings
 from dataclasses import asdict, dataclass, field
 
 import torch
 from tqdm import tqdm
 
-from . import baselines, pmc
+from . import baselines, distributed, pmc
 from .checkpoint import build
 from .errors import UserError
 from .curves import CURVES, Curves
-from .model import Transformer, autocast, nll
+from .model import Transformer, answer_tokens, autocast, nll
 from .qa import answer_logprobs, encode_qa, encode_rows
 from .sample import Sampling, sampling_problems
 from .tokenizer import Tokenizer
@@ -48,6 +49,7 @@ class UnlearnConfig:
     selection_temperature: float = 0.0  # PMC's choice among its samples: 0 the argmax, > 0 Bradley-Terry (pmc.select)
     compile: bool = False  # PMC's sampling with a compiled decode step (a CUDA graph on a GPU)
     sample_dtype: str | None = None  # PMC's sampling from a copy of the weights in this dtype (bfloat16 on a GPU)
+    fsdp: bool = False  # under torchrun: FSDP2 shards weights, gradients and AdamW states per block (else DDP)
     max_grad_norm: float | None = None  # clip the gradient norm to this (None: no clipping, as the authors)
     npo_beta: float = 0.1
     simnpo_beta: float = 2.5
@@ -80,9 +82,13 @@ class UnlearnConfig:
             problems.append(f"the learning rate must be positive, not {self.lr}")
         if problems:
             raise UserError(f"Bad hyperparameter: {'; '.join(problems)}.")
+        if self.fsdp and distributed.WORLD.size == 1 and not distributed.launched():
+            raise UserError("--fsdp shards the model over torchrun's processes; start the run with "
+                            "torchrun --nproc-per-node N run.py ...")
 
 
-def optimizer_and_schedule(model: Transformer, lr: float, weight_decay: float, total_steps: int, warmup_steps: int):
+def optimizer_and_schedule(model: torch.nn.Module, lr: float, weight_decay: float, total_steps: int,
+                           warmup_steps: int):
     """AdamW; lr rises linearly over warmup_steps, then falls linearly to 0 (HF's linear schedule)."""
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
 
@@ -230,6 +236,76 @@ class TrainingState:
     y0: list[str] | None = None  # PMC's reference answers (step 1)
     cache: pmc.BestSoFar = field(default_factory=pmc.BestSoFar)  # PMC's picks (step 5)
     ref_logprob: torch.Tensor | None = None  # NPO's reference log-probabilities
+    sharded: str | None = None  # under torchrun: the folder of the sharded model and optimizer (resume.py)
+    engine: "Engine | None" = field(default=None, repr=False, compare=False)  # the live engine, for checkpoints
+
+
+class Engine:
+    """How the weights train: in one process, or under torchrun with DistributedDataParallel
+    (the default) or FSDP2 (`cfg.fsdp`).
+
+    Each micro-batch of cfg.batch_size rows is split between the ranks (`mine`), each rank
+    runs forward and backward on its share, and the gradients are averaged. So that the
+    step equals one process's on the whole micro-batch, every rank's losses divide by the
+    whole micro-batch's counts (answer tokens, rows; `model.nll`, `model.row_mean`), and
+    the loss is multiplied by the number of ranks, which the average divides back out.
+
+    `model`, the plain module, serves sampling, monitoring and the final weights. Under
+    FSDP the training copy is sharded, with each transformer block a unit (bf16 compute,
+    float32 reduction on GPUs), and the plain model is refreshed from the shards when it is
+    next needed (`plain`): a gathered copy that PMC samples from, rather than decoding
+    through the shards, which would gather every layer at every token."""
+
+    def __init__(self, model: Transformer, cfg: UnlearnConfig):
+        self.model, self.world, self.fsdp, self.stale = model, distributed.size(), cfg.fsdp, False
+        self.module = model
+        if self.world > 1 and not cfg.fsdp:
+            from torch.nn.parallel import DistributedDataParallel
+            cuda = model.device.type == "cuda"
+            self.module = DistributedDataParallel(model, device_ids=[model.device] if cuda else None)
+        elif cfg.fsdp:
+            import copy
+            from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+            policy = (MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+                      if model.device.type == "cuda" else MixedPrecisionPolicy())
+            self.module = copy.deepcopy(model)
+            # the logits come out of the root as a view; nothing here changes them in place
+            warnings.filterwarnings("ignore", message="FSDP2-wrapped module .* returned a view tensor")
+            for block in self.module.layers:
+                fully_shard(block, mp_policy=policy)
+            fully_shard(self.module, mp_policy=policy)
+        self.wrapped = self.module is not model  # DDP or FSDP: checkpoints are sharded (resume.py)
+
+    def mine(self, idx: list[int]) -> tuple[list[int], float]:
+        """(this rank's rows of a micro-batch, its weight): every rank runs a forward and backward,
+        so a rank left without rows runs the first with weight 0."""
+        own = idx[distributed.rank()::self.world]
+        return (own, 1.0) if own else (idx[:1], 0.0)
+
+    def count(self, weight: float, *batches: dict, rows: list[int]) -> None:
+        """Give each batch the whole micro-batch's counts of answer tokens and rows."""
+        if self.world == 1:
+            return
+        tokens = distributed.all_sum([weight * answer_tokens(b) for b in batches], self.model.device)
+        for b, n, r in zip(batches, tokens, rows):
+            b["tokens"], b["rows"] = n, r
+
+    def backward(self, loss: torch.Tensor, weight: float, grad_accum: int) -> None:
+        (loss * (weight * self.world / grad_accum)).backward()
+
+    def step(self, opt, sched, max_grad_norm: float | None) -> None:
+        optimizer_step(self.module, opt, sched, max_grad_norm)
+        self.stale = self.fsdp
+
+    def plain(self) -> Transformer:
+        """The plain model with the current weights (under FSDP gathered from the shards: every
+        rank must call this at the same point)."""
+        if self.stale:
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+            full = get_model_state_dict(self.module, options=StateDictOptions(full_state_dict=True))
+            self.model.load_state_dict(full)
+            self.stale = False
+        return self.model
 
 
 class ForgetSide:
@@ -263,6 +339,8 @@ class Collapse(ForgetSide):
                         build(model.config, dict(model.state_dict()), device=model.device, dtype=dtype))
 
     def prepare(self, idx: list[int], epoch: int) -> dict:
+        if self.state.engine is not None:
+            self.state.engine.plain()  # the current weights (under FSDP gathered from the shards)
         if self.sampler is not self.model:
             self.sampler.load_weights_from(self.model)
         cfg = self.cfg
@@ -292,29 +370,37 @@ def unlearn(model: Transformer, tokenizer: Tokenizer, forget_rows: list[dict], r
     after every epoch, the TrainingState to continue from (`resume=state`).
     y0, if given, are PMC's reference answers already generated (step 1).
     forget_rows need no answers for PMC and IDK. The model's weights are the
-    caller's to save."""
+    caller's to save. Under torchrun every rank calls this alike (`Engine`)."""
     cfg.validate()
     device, rng = model.device, random.Random(cfg.seed)
     length = run_length(len(forget_rows), cfg)
-    opt, sched = optimizer_and_schedule(model, cfg.lr, cfg.weight_decay, length.max_steps, length.warmup)
+    state = resume or TrainingState()
+    engine = Engine(model, cfg)
+    opt, sched = optimizer_and_schedule(engine.module, cfg.lr, cfg.weight_decay, length.max_steps, length.warmup)
+    engine.opt = opt
     if resume is not None:
-        state = resume
-        opt.load_state_dict(state.optimizer)
+        if engine.wrapped != bool(state.sharded):
+            raise UserError("A run checkpointed under torchrun resumes under torchrun, and a run of one process in "
+                            "one process; start --resume the way the run was started.")
+        if state.sharded:
+            from .resume import load_sharded
+            load_sharded(state.sharded, engine)
+        else:
+            opt.load_state_dict(state.optimizer)
         sched.load_state_dict(state.scheduler)
         rng.setstate(state.rng)
-    else:
-        state = TrainingState()
-        if cfg.method == "pmc":  # step 1
-            state.y0 = y0 or pmc.initial_answers(model, tokenizer, [r["question"] for r in forget_rows],
-                                                 cfg.max_length)
-        elif cfg.method == "npo":
-            state.ref_logprob = answer_logprobs(model, tokenizer, [r["question"] for r in forget_rows],  # NPO's p_ref
-                                                [r["answer"] for r in forget_rows], cfg.max_length, cfg.batch_size)
+    elif cfg.method == "pmc":  # step 1
+        state.y0 = y0 or pmc.initial_answers(model, tokenizer, [r["question"] for r in forget_rows], cfg.max_length)
+    elif cfg.method == "npo":
+        state.ref_logprob = answer_logprobs(model, tokenizer, [r["question"] for r in forget_rows],  # NPO's p_ref
+                                            [r["answer"] for r in forget_rows], cfg.max_length, cfg.batch_size)
+    state.engine = engine if engine.wrapped else None
     forget = (Collapse if cfg.method == "pmc" else ForgetSide)(model, tokenizer, forget_rows, cfg, state)
     curves = Curves(state.curves)
     if resume is None and cfg.method == "pmc":
         curves.curves["logp_y0"].append(forget.logp_y0())  # epoch 0
     model.train()
+    engine.module.train()
     bar = tqdm(total=length.max_steps, initial=state.step, desc=f"unlearn ({cfg.method})", disable=not progress)
     for epoch in range(state.epoch, length.epochs):
         order = list(range(len(forget_rows)))
@@ -324,40 +410,46 @@ def unlearn(model: Transformer, tokenizer: Tokenizer, forget_rows: list[dict], r
                 break
             idx = order[i * cfg.batch_size:(i + 1) * cfg.batch_size]
             retain_idx = rng.sample(range(len(retain_rows)), k=min(len(idx), len(retain_rows)))
-            drawn = forget.prepare(idx, epoch + 1)
+            drawn = forget.prepare(idx, epoch + 1)  # every rank samples its share of idx and gets all
             if cfg.method == "pmc":
                 curves.draws(epoch + 1, len(forget_rows), drawn)
                 curves.add(picked_rouge_l=[state.cache.scores[q] for q in idx])
-            fb = forget.batch(idx)
-            rb = encode_rows(tokenizer, [retain_rows[j] for j in retain_idx], cfg.max_length, device)
+            own, weight = engine.mine(idx)
+            own_retain, _ = engine.mine(retain_idx)
+            fb = forget.batch(own)
+            rb = encode_rows(tokenizer, [retain_rows[j] for j in own_retain], cfg.max_length, device)
+            engine.count(weight, fb, rb, rows=[len(idx), len(retain_idx)])
             if on_batch is not None:
                 on_batch(forget.kind, fb)
                 on_batch("retain", rb)
             with autocast(device):
-                ref = None if state.ref_logprob is None else state.ref_logprob[idx]
-                loss, logs = method_loss(model, cfg, fb, rb, ref)
-            check_finite(loss, f"in unlearning epoch {epoch + 1}")
-            (loss / cfg.grad_accum).backward()
-            curves.add(loss=loss.item(), **logs)
+                ref = None if state.ref_logprob is None else state.ref_logprob[own]
+                loss, logs = method_loss(engine.module, cfg, fb, rb, ref)
+            total, *parts = distributed.all_sum([weight * v for v in (loss.item(), *logs.values())], device)
+            check_finite(torch.tensor(total), f"in unlearning epoch {epoch + 1}")
+            engine.backward(loss, weight, cfg.grad_accum)
+            curves.add(loss=total, **dict(zip(logs, parts)))
             if (i + 1) % cfg.grad_accum == 0 or i + 1 == length.micro:
                 lr = sched.get_last_lr()[0]
-                optimizer_step(model, opt, sched, cfg.max_grad_norm)
+                engine.step(opt, sched, cfg.max_grad_norm)
                 state.step += 1
                 curves.step(state.step, epoch + 1, lr)
                 bar.update()
                 bar.set_postfix(epoch=epoch + 1, loss=f"{state.curves['loss'][-1]:.3f}",
                                 **({"picked_rouge": f"{state.curves['picked_rouge_l'][-1]:.3f}"}
                                    if cfg.method == "pmc" else {}))
-        model.eval()
+        engine.plain().eval()
         curves.epoch(epoch + 1, forget_nll(model, tokenizer, forget_rows, cfg.max_length),
                      forget.logp_y0() if cfg.method == "pmc" else None)
         model.train()
         state.epoch, state.final = epoch + 1, epoch + 1 == length.epochs
-        state.optimizer, state.scheduler, state.rng = opt.state_dict(), sched.state_dict(), rng.getstate()
+        state.optimizer = None if engine.wrapped else opt.state_dict()  # under torchrun, resume.py shards it
+        state.scheduler, state.rng = sched.state_dict(), rng.getstate()
         if on_epoch_end is not None:
             on_epoch_end(state)
     bar.close()
-    model.eval()
+    engine.plain().eval()
+    state.engine = None
     result = dict(state.curves)
     if cfg.method == "pmc":
         result["y0"] = state.y0
@@ -366,4 +458,4 @@ def unlearn(model: Transformer, tokenizer: Tokenizer, forget_rows: list[dict], r
     return result
 
 
-__all__ = ["UnlearnConfig", "RunLength", "TrainingState", "METHODS", "NonFiniteLoss", "finetune", "unlearn"]
+__all__ = ["UnlearnConfig", "RunLength", "TrainingState", "Engine", "METHODS", "NonFiniteLoss", "finetune", "unlearn"]
