@@ -1,0 +1,187 @@
+"""torchrun against one process, on the CPU (gloo, 2 processes): one optimizer step under
+DDP and FSDP2 equals the single-process step; whole runs make the same picks and scores;
+a killed torchrun job resumes to the same results.json."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from pmc_min import distributed
+from pmc_min.checkpoint import load, save
+from pmc_min.data import load_split
+from pmc_min.tiny import train_tokenizer
+from pmc_min.tiny_data import make_dataset
+from pmc_min.train import UnlearnConfig, finetune, unlearn
+from helpers import write_hf_phi
+from test_data_eval import ROOT
+
+WORLD = 2
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """A small Phi with the tiny default's tokenizer, fine-tuned until it answers some of the
+    synthetic TOFU questions, so that its answers, samples and scores are not all empty."""
+    root = tmp_path_factory.mktemp("distributed")
+    make_dataset(root / "data")
+    write_hf_phi(root / "random", seed=5, vocab_size=1024, hidden_size=64, intermediate_size=128)
+    train_tokenizer(root / "data").save(root / "random")
+    model, tok = load(root / "random")
+    rows = load_split(root / "data", "forget05")[:40] + load_split(root / "data", "retain95")[:40]
+    finetune(model, tok, rows, epochs=40, lr=3e-3, batch_size=16, max_length=64, progress=False)
+    save(model, tok, root / "phi")
+    return root
+
+
+ROWS = 7  # micro-batches of 3, 3 and 1 rows: shares of 2 and 1, and a rank left without rows
+
+
+def one_step(folder: Path, method: str) -> dict:
+    """The weights after the optimizer steps of two epochs of `method`, one step each of 3 micro-batches
+    accumulated (the first step's learning rate is 0, the warmup's start, so the second moves the weights)."""
+    model, tok = load(folder)
+    forget = load_split(folder.parent / "data", "forget05")[:ROWS]
+    retain = load_split(folder.parent / "data", "retain95")[:ROWS]
+    cfg = UnlearnConfig(method=method, epochs=3, lr=1e-4, batch_size=3, grad_accum=3, max_length=64, n_samples=3,
+                        fsdp=os.environ.get("FSDP") == "1")
+    curves = unlearn(model, tok, forget, retain, cfg, progress=False)
+    assert curves["step"] == [1, 2]
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def step_worker(rank: int, port: int, folder: Path, method: str, fsdp: bool, out: Path) -> None:
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(WORLD), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port), FSDP="1" if fsdp else "0")
+    torch.set_num_threads(1)
+    distributed.init("cpu")
+    try:
+        weights = one_step(folder, method)
+        if rank == 0:
+            torch.save(weights, out)
+    finally:
+        distributed.close()
+
+
+@pytest.mark.parametrize("engine", ["ddp", "fsdp"])
+@pytest.mark.parametrize("method", ["pmc", "npo", "gd"])
+def test_one_optimizer_step_equals_the_single_process_step(setup, tmp_path, method, engine):
+    single = one_step(setup / "phi", method)
+    out = tmp_path / "weights.pt"
+    mp.spawn(step_worker, args=(free_port(), setup / "phi", method, engine == "fsdp", out), nprocs=WORLD)
+    shared = torch.load(out)
+    before, _ = load(setup / "phi")
+    moved = max((single[k] - v).abs().max().item() for k, v in before.state_dict().items())
+    assert moved > 5e-5  # the step did something (AdamW moves a weight by up to about lr)
+    assert max((single[k] - shared[k]).abs().max().item() for k in single) < 1e-5
+
+
+def run_args(setup, out):
+    return ["--model", str(setup / "phi"), "--data-dir", str(setup / "data"), "--split", "forget05",
+            "--finetune-epochs", "0", "--epochs", "3", "--batch-size", "8", "--grad-accum", "1", "--n-samples", "3",
+            "--max-length", "64", "--limit", "40", "--lr", "1e-3", "--no-progress", "--device", "cpu",
+            "--out", str(out)]
+
+
+def torchrun(*args, **popen):
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(WORLD), "--master-port",
+               str(free_port()), str(ROOT / "run.py"), *args]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    if popen:
+        return subprocess.Popen(command, cwd=ROOT, env=env, **popen)
+    return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+
+
+def results(out: Path) -> dict:
+    r = json.loads((out / "results.json").read_text())
+    r.pop("wall_seconds"), r.pop("stage_seconds")
+    return r
+
+
+@pytest.fixture(scope="module")
+def single(setup):
+    out = setup / "single"
+    done = subprocess.run([sys.executable, str(ROOT / "run.py"), *run_args(setup, out)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    return results(out)
+
+
+@pytest.fixture(scope="module")
+def ddp(setup):
+    out = setup / "ddp"
+    done = torchrun(*run_args(setup, out))
+    assert done.returncode == 0, done.stderr[-3000:]
+    return results(out)
+
+
+def agree(a: dict, b: dict) -> None:
+    picks_a, picks_b = a["curves"]["final_picks"], b["curves"]["final_picks"]
+    same = sum(x == y for x, y in zip(picks_a, picks_b, strict=True)) / len(picks_a)
+    assert same >= 0.9, same
+    assert a["curves"]["y0"] == b["curves"]["y0"]
+    for key in ("unlearn_quality", "utility"):
+        assert abs(a["after"][key] - b["after"][key]) <= 1, key
+    assert a["before"] == b["before"]
+
+
+def test_two_ranks_under_ddp_agree_with_one_process(single, ddp):
+    assert 0 < single["before"]["utility"] and single["after"]["unlearn_quality"] > single["before"]["unlearn_quality"]
+    agree(single, ddp)
+
+
+def test_two_ranks_under_fsdp_agree_with_one_process(setup, single):
+    out = setup / "fsdp"
+    done = torchrun(*run_args(setup, out), "--fsdp")
+    assert done.returncode == 0, done.stderr[-3000:]
+    agree(single, results(out))
+    assert (out / "checkpoints" / "epoch-0003" / "sharded" / ".metadata").is_file()
+    from transformers import AutoModelForCausalLM
+    hf = AutoModelForCausalLM.from_pretrained(out / "model")  # the consolidated model loads in transformers
+    ours, _ = load(out / "model")
+    ids = torch.tensor([[5, 9, 27, 100]])
+    with torch.no_grad():
+        torch.testing.assert_close(hf(ids).logits, ours(ids), rtol=1e-4, atol=1e-4)
+
+
+def test_torchrun_killed_mid_run_resumes_to_the_same_results(setup, ddp):
+    out = setup / "killed"
+    proc = torchrun(*run_args(setup, out), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    latest = out / "checkpoints" / "LATEST"
+    deadline = time.time() + 300
+    while not (latest.is_file() and latest.read_text().strip() == "epoch-0001"):
+        assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
+        assert time.time() < deadline
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)  # the launcher and both ranks, now in epoch 2
+    proc.wait()
+    assert not (out / "results.json").exists()
+    resumed = torchrun("--resume", str(out), "--no-progress")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert results(out) == ddp
+
+
+def test_a_torchrun_checkpoint_does_not_resume_in_one_process(setup, ddp):
+    done = subprocess.run([sys.executable, str(ROOT / "run.py"), "--resume", str(setup / "ddp")], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and "resumes under torchrun" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_fsdp_without_torchrun_fails_in_one_sentence(setup, tmp_path):
+    done = subprocess.run([sys.executable, str(ROOT / "run.py"), *run_args(setup, tmp_path / "x"), "--fsdp"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and "torchrun --nproc-per-node" in done.stderr and "Traceback" not in done.stderr
