@@ -291,7 +291,7 @@ class Engine:
             b["tokens"], b["rows"] = n, r
 
     def backward(self, loss: torch.Tensor, weight: float, grad_accum: int) -> None:
-        (loss * (weight * self.world / grad_accum)).backward()
+        (loss * (weight * self.world) / grad_accum).backward()
 
     def step(self, opt, sched, max_grad_norm: float | None) -> None:
         optimizer_step(self.module, opt, sched, max_grad_norm)
