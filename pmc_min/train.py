@@ -254,7 +254,9 @@ class Engine:
     FSDP the training copy is sharded, with each transformer block a unit (bf16 compute,
     float32 reduction on GPUs), and the plain model is refreshed from the shards when it is
     next needed (`plain`): a gathered copy that PMC samples from, rather than decoding
-    through the shards, which would gather every layer at every token."""
+    through the shards, which would gather every layer at every token. With a sample dtype
+    (bfloat16 on GPUs) that copy is kept in it, so a rank holds its float32 shards and one
+    bf16 copy, and the unlearned model is evaluated and written in that dtype."""
 
     def __init__(self, model: Transformer, cfg: UnlearnConfig):
         self.model, self.world, self.fsdp, self.stale = model, distributed.size(), cfg.fsdp, False
@@ -264,16 +266,20 @@ class Engine:
             cuda = model.device.type == "cuda"
             self.module = DistributedDataParallel(model, device_ids=[model.device] if cuda else None)
         elif cfg.fsdp:
-            import copy
             from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
             policy = (MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
                       if model.device.type == "cuda" else MixedPrecisionPolicy())
-            self.module = copy.deepcopy(model)
+            # the training copy is built on the CPU and fully_shard moves each rank's shards to its
+            # device, so a GPU never holds two full float32 copies
+            self.module = build(model.config, {k: v.detach().to("cpu") for k, v in model.state_dict().items()},
+                                device="cpu")
             # the logits come out of the root as a view; nothing here changes them in place
             warnings.filterwarnings("ignore", message="FSDP2-wrapped module .* returned a view tensor")
             for block in self.module.layers:
                 fully_shard(block, mp_policy=policy)
             fully_shard(self.module, mp_policy=policy)
+            if cfg.sample_dtype:  # the plain copy, which PMC samples from, in the sampling dtype only
+                model.to(getattr(torch, cfg.sample_dtype))
         self.wrapped = self.module is not model  # DDP or FSDP: checkpoints are sharded (resume.py)
 
     def mine(self, idx: list[int]) -> tuple[list[int], float]:
@@ -300,10 +306,10 @@ class Engine:
     def plain(self) -> Transformer:
         """The plain model with the current weights (under FSDP gathered from the shards: every
         rank must call this at the same point)."""
-        if self.stale:
-            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-            full = get_model_state_dict(self.module, options=StateDictOptions(full_state_dict=True))
-            self.model.load_state_dict(full)
+        if self.stale:  # one tensor gathered at a time: the largest is the only full float32 one held
+            with torch.no_grad():
+                for mine, shard in zip(self.model.parameters(), self.module.parameters(), strict=True):
+                    mine.copy_(shard.full_tensor())
             self.stale = False
         return self.model
 
@@ -375,6 +381,11 @@ def unlearn(model: Transformer, tokenizer: Tokenizer, forget_rows: list[dict], r
     device, rng = model.device, random.Random(cfg.seed)
     length = run_length(len(forget_rows), cfg)
     state = resume or TrainingState()
+    if resume is None and cfg.method == "pmc":  # step 1
+        state.y0 = y0 or pmc.initial_answers(model, tokenizer, [r["question"] for r in forget_rows], cfg.max_length)
+    elif resume is None and cfg.method == "npo":
+        state.ref_logprob = answer_logprobs(model, tokenizer, [r["question"] for r in forget_rows],  # NPO's p_ref
+                                            [r["answer"] for r in forget_rows], cfg.max_length, cfg.batch_size)
     engine = Engine(model, cfg)
     opt, sched = optimizer_and_schedule(engine.module, cfg.lr, cfg.weight_decay, length.max_steps, length.warmup)
     engine.opt = opt
@@ -389,11 +400,6 @@ def unlearn(model: Transformer, tokenizer: Tokenizer, forget_rows: list[dict], r
             opt.load_state_dict(state.optimizer)
         sched.load_state_dict(state.scheduler)
         rng.setstate(state.rng)
-    elif cfg.method == "pmc":  # step 1
-        state.y0 = y0 or pmc.initial_answers(model, tokenizer, [r["question"] for r in forget_rows], cfg.max_length)
-    elif cfg.method == "npo":
-        state.ref_logprob = answer_logprobs(model, tokenizer, [r["question"] for r in forget_rows],  # NPO's p_ref
-                                            [r["answer"] for r in forget_rows], cfg.max_length, cfg.batch_size)
     state.engine = engine if engine.wrapped else None
     forget = (Collapse if cfg.method == "pmc" else ForgetSide)(model, tokenizer, forget_rows, cfg, state)
     curves = Curves(state.curves)
