@@ -2,14 +2,15 @@
 every method over a grid of configurations and seeds, each method's Pareto front, and
 a second panel with fact recall (ROUGE alone rewards word salad).
 
-    python tests/benchmarks/pareto.py [--quick] [--out runs/pareto] [--seeds N]
+    python tests/benchmarks/pareto.py [--quick] [--out runs/pareto] [--seeds N] [--report]
 
 Each point is one `run.py --method M ... --seed S --eval factleak` on the tiny
 default; its results.json is kept under DIR/runs/<configuration>-s<seed>, so an
 interrupted sweep resumes where it stopped. Writes DIR/pareto.json (every point and,
 per method, the configurations on its front, from the means over seeds) and
-DIR/pareto.png. `--quick`: 2 configurations per method, 2 seeds (and the PMC
-selection-temperature ablation at one configuration).
+DIR/pareto.png. 2 seeds; `--quick`: 2 configurations per method (and the PMC
+selection-temperature ablation at one configuration), a subset of the full grid that
+shares its cached runs. `--report` summarises what is cached without running more.
 """
 
 from __future__ import annotations
@@ -68,22 +69,31 @@ def pareto_front(points: dict[str, tuple[float, float]]) -> list[str]:
                   if not any(a >= x and b >= y and (a > x or b > y) for j, (a, b) in points.items() if j != k))
 
 
-def sweep(out: Path, quick: bool, seeds: int) -> dict:
-    points = []
-    for config, seed in itertools.product(grid(quick), range(seeds)):
+def sweep(out: Path, quick: bool, seeds: int, run: bool = True) -> dict:
+    """Run every configuration and seed not yet cached (seed by seed, so that an interrupted sweep
+    has covered the whole grid once before it repeats any of it), then summarise. With run=False,
+    summarise the cached runs only: `complete` then says whether every point was there."""
+    points, missing = [], 0
+    for seed, config in itertools.product(range(seeds), grid(quick)):
         folder = out / "runs" / f"{name(config)}-s{seed}"
         if not (folder / "results.json").is_file():
+            if not run:
+                missing += 1
+                continue
             command = [sys.executable, "run.py", *flags(config, seed), "--out", str(folder)]
             print("$", shlex.join(command[1:]), flush=True)
             subprocess.run([*command, "--no-progress"], check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
-        r = json.loads((folder / "results.json").read_text())["after"]
+        results = json.loads((folder / "results.json").read_text())
+        r = results["after"]
         points.append({**config, "seed": seed, "name": name(config), "unlearn_quality": r["unlearn_quality"],
-                       "utility": r["utility"], "fact_recall": r["robustness"]["factleak"]["greedy"]})
+                       "utility": r["utility"], "fact_recall": r["robustness"]["factleak"]["greedy"],
+                       "wall_seconds": results["wall_seconds"]})
     means = {}
     for p in points:
         means.setdefault(p["name"], []).append(p)
     summary = {k: {key: sum(p[key] for p in ps) / len(ps) for key in ("unlearn_quality", "utility", "fact_recall")}
-               | {"method": ps[0]["method"], "config": {c: ps[0].get(c) for c in ("lr", "epochs", "lam", "tau")}}
+               | {"method": ps[0]["method"], "seeds": len(ps),
+                  "config": {c: ps[0].get(c) for c in ("lr", "epochs", "lam", "tau")}}
                for k, ps in means.items()}
     fronts = {}
     for method in METHODS:
@@ -91,7 +101,8 @@ def sweep(out: Path, quick: bool, seeds: int) -> dict:
         fronts[method] = {
             "rouge": pareto_front({k: (v["unlearn_quality"], v["utility"]) for k, v in own.items()}),
             "facts": pareto_front({k: (100 * (1 - v["fact_recall"]), v["utility"]) for k, v in own.items()})}
-    return {"points": points, "means": summary, "front": fronts, "seeds": seeds, "quick": quick}
+    return {"points": points, "means": summary, "front": fronts, "seeds": seeds, "quick": quick,
+            "complete": missing == 0, "missing": missing}
 
 
 def plot(result: dict, path: Path) -> bool:
@@ -121,7 +132,8 @@ def plot(result: dict, path: Path) -> bool:
     ax[1].set(xlabel="100 x (1 - fact recall on the forget set)", ylabel="utility",
               title="facts forgotten against utility")
     ax[0].legend()
-    fig.suptitle(f"tiny default, means over {result['seeds']} seeds; lines: each method's Pareto front")
+    done = "" if result["complete"] else f" ({len(result['points'])} of {len(result['points']) + result['missing']} runs)"
+    fig.suptitle(f"tiny default, means over up to {result['seeds']} seeds{done}; lines: each method's Pareto front")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -133,10 +145,11 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--out", default="runs/pareto")
     parser.add_argument("--seeds", type=int)
+    parser.add_argument("--report", action="store_true", help="run nothing: summarise the runs cached so far")
     args = parser.parse_args()
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    result = sweep(out, args.quick, args.seeds or (2 if args.quick else 3))
+    result = sweep(out, args.quick, args.seeds or 2, run=not args.report)
     (out / "pareto.json").write_text(json.dumps(result, indent=1) + "\n")
     print(f"Wrote {out / 'pareto.json'}" + (f" and {out / 'pareto.png'}" if plot(result, out / "pareto.png") else ""))
     for method in METHODS:
