@@ -11,7 +11,11 @@ eos, so nearly every sample runs the whole 200-token budget: an upper bound
 for a fine-tuned model, whose answers end after a few dozen tokens.
 
     python tests/benchmarks/pmc_epoch.py --data-dir ../shared/data/tofu --device cuda
+    torchrun --nproc-per-node 1 tests/benchmarks/pmc_epoch.py --data-dir ../shared/data/tofu [--fsdp]
     python tests/benchmarks/pmc_epoch.py --data-dir ../shared/data/tofu --layers 2 --limit 16   # CPU smoke run
+
+Under torchrun each rank draws and trains its share (pmc_min.distributed), rank 0 prints, and
+the peak GPU memory is each rank's.
 """
 
 import argparse
@@ -20,7 +24,7 @@ import time
 import torch
 from tokenizers import Tokenizer as HFTokenizer, decoders, models, pre_tokenizers, trainers
 
-from pmc_min import pmc, train
+from pmc_min import distributed, pmc, train
 from pmc_min.data import RETAIN_OF, load_split
 from pmc_min.checkpoint import config_from_hf
 from pmc_min.model import Transformer
@@ -35,12 +39,14 @@ parser.add_argument("--data-dir", required=True, help="folder of TOFU JSON Lines
 parser.add_argument("--split", default="forget10")
 parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
 parser.add_argument("--layers", type=int, default=24)
+parser.add_argument("--hidden-size", type=int, default=2048, help="smaller for a smoke run (heads stay 32)")
+parser.add_argument("--fsdp", action="store_true", help="under torchrun: FSDP2 rather than DDP")
 parser.add_argument("--epochs", type=int, default=2)
 parser.add_argument("--limit", type=int, help="only the first N forget questions")
 parser.add_argument("--compile", action="store_true", help="sample with a compiled decode step (CUDA graphs)")
 parser.add_argument("--sample-dtype", help="as run.py: bfloat16 on a GPU, else the model's own")
 args = parser.parse_args()
-device = torch.device(args.device)
+device = torch.device(distributed.init(args.device))
 
 
 def sync():
@@ -59,7 +65,8 @@ tokenizer = Tokenizer(bpe, "<|endoftext|>")
 
 torch.manual_seed(0)
 with device:
-    model = Transformer(config_from_hf(PHI_1_5 | {"num_hidden_layers": args.layers}))
+    model = Transformer(config_from_hf(PHI_1_5 | {"num_hidden_layers": args.layers, "hidden_size": args.hidden_size,
+                                                  "intermediate_size": 4 * args.hidden_size}))
 with torch.no_grad():
     model.lm_head.bias[tokenizer.vocab_size:] = -1e4
 
@@ -90,15 +97,21 @@ def on_epoch_end(state):
 
 
 sample_dtype = args.sample_dtype or ("bfloat16" if device.type == "cuda" else None)
-cfg = train.UnlearnConfig(epochs=args.epochs, compile=args.compile, sample_dtype=sample_dtype)
+cfg = train.UnlearnConfig(epochs=args.epochs, compile=args.compile, sample_dtype=sample_dtype, fsdp=args.fsdp)
 sync()
 start = time.perf_counter()
 curves = train.unlearn(model, tokenizer, forget, retain, cfg, on_epoch_end=on_epoch_end, progress=False)
 lengths = [len(tokenizer.encode(a)) for a in curves["final_picks"] if a is not None]
 
+peak = distributed.gather([torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else 0.0],
+                          distributed.size())  # one number per rank
+if not distributed.main_rank():
+    raise SystemExit(distributed.close())
 gpu = torch.cuda.get_device_name() if device.type == "cuda" else ""
 mode = f"{'compiled' if cfg.compile else 'eager'} sampling in {cfg.sample_dtype or 'float32'}"
-print(f"{model.num_parameters():,} parameters ({args.layers} layers), {device} {gpu}, {args.split}: "
+engine = "one process" if distributed.size() == 1 and not args.fsdp else (
+    f"torchrun, {distributed.size()} rank(s), {'FSDP2' if args.fsdp else 'DDP'}")
+print(f"{model.num_parameters():,} parameters ({args.layers} layers), {device} {gpu}, {engine}, {args.split}: "
       f"{len(forget)} questions, n={cfg.n_samples}, {mode}, batch {cfg.batch_size} x {cfg.grad_accum}, "
       f"max_length {cfg.max_length}")
 print(f"y0 (greedy answers, once): {stamps[0][1]['y0']:.1f} s; picked answers average "
@@ -111,5 +124,5 @@ for epoch, (t, acc) in enumerate(stamps, start=1):
           f"+ forget NLL {nll:.1f} s")
     previous, before = t, acc
 if device.type == "cuda":
-    print(f"peak GPU memory: {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB")
-
+    print(f"peak GPU memory per rank: {', '.join(f'{p:.1f}' for p in peak)} GiB")
+distributed.close()
