@@ -3,6 +3,7 @@ itself in the exact HF layout, with a small byte-level BPE tokenizer."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -47,6 +48,13 @@ def hf_phi(seed: int = 0, **overrides):
             if name.endswith("bias") or "layernorm" in name:
                 p.add_(torch.randn_like(p) * 0.1)
     return model
+
+
+def comparable(out: Path) -> dict:
+    """A run's results.json without its wall times, to compare two runs."""
+    results = json.loads((Path(out) / "results.json").read_text())
+    results.pop("wall_seconds"), results.pop("stage_seconds")
+    return results
 
 
 def write_hf_phi(path: Path, seed: int = 0, **overrides):

@@ -2,7 +2,6 @@
 DDP and FSDP2 equals the single-process step; whole runs make the same picks and scores;
 a killed torchrun job resumes to the same results.json."""
 
-import json
 import os
 import signal
 import socket
@@ -21,8 +20,8 @@ from pmc_min.data import load_split
 from pmc_min.tiny import train_tokenizer
 from pmc_min.tiny_data import make_dataset
 from pmc_min.train import UnlearnConfig, finetune, unlearn
-from helpers import write_hf_phi
-from test_data_eval import ROOT
+from helpers import comparable, write_hf_phi
+from test_data_eval import ROOT, run_py
 
 WORLD = 2
 
@@ -122,19 +121,12 @@ def torchrun(*args, **popen):
     return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
 
 
-def results(out: Path) -> dict:
-    r = json.loads((out / "results.json").read_text())
-    r.pop("wall_seconds"), r.pop("stage_seconds")
-    return r
-
-
 @pytest.fixture(scope="module")
 def single(setup):
     out = setup / "single"
-    done = subprocess.run([sys.executable, str(ROOT / "run.py"), *run_args(setup, out)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=600)
+    done = run_py(*run_args(setup, out), timeout=600)
     assert done.returncode == 0, done.stderr
-    return results(out)
+    return comparable(out)
 
 
 @pytest.fixture(scope="module")
@@ -142,7 +134,7 @@ def ddp(setup):
     out = setup / "ddp"
     done = torchrun(*run_args(setup, out))
     assert done.returncode == 0, done.stderr[-3000:]
-    return results(out)
+    return comparable(out)
 
 
 def agree(a: dict, b: dict) -> None:
@@ -164,7 +156,7 @@ def test_two_ranks_under_fsdp_agree_with_one_process(setup, single):
     out = setup / "fsdp"
     done = torchrun(*run_args(setup, out), "--fsdp")
     assert done.returncode == 0, done.stderr[-3000:]
-    agree(single, results(out))
+    agree(single, comparable(out))
     assert (out / "checkpoints" / "epoch-0003" / "sharded" / ".metadata").is_file()
     from transformers import AutoModelForCausalLM
     hf = AutoModelForCausalLM.from_pretrained(out / "model")  # the consolidated model loads in transformers
@@ -188,16 +180,14 @@ def test_torchrun_killed_mid_run_resumes_to_the_same_results(setup, ddp):
     assert not (out / "results.json").exists()
     resumed = torchrun("--resume", str(out), "--no-progress")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert results(out) == ddp
+    assert comparable(out) == ddp
 
 
 def test_a_torchrun_checkpoint_does_not_resume_in_one_process(setup, ddp):
-    done = subprocess.run([sys.executable, str(ROOT / "run.py"), "--resume", str(setup / "ddp")], cwd=ROOT,
-                          capture_output=True, text=True, timeout=300)
+    done = run_py("--resume", str(setup / "ddp"))
     assert done.returncode == 2 and "resumes under torchrun" in done.stderr and "Traceback" not in done.stderr
 
 
 def test_fsdp_without_torchrun_fails_in_one_sentence(setup, tmp_path):
-    done = subprocess.run([sys.executable, str(ROOT / "run.py"), *run_args(setup, tmp_path / "x"), "--fsdp"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    done = run_py(*run_args(setup, tmp_path / "x"), "--fsdp")
     assert done.returncode == 2 and "torchrun --nproc-per-node" in done.stderr and "Traceback" not in done.stderr

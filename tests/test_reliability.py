@@ -14,7 +14,7 @@ import pytest
 import pmc_min
 from pmc_min import resume as resume_mod
 from pmc_min.tiny_data import make_dataset
-from helpers import write_hf_phi
+from helpers import comparable, write_hf_phi
 from test_data_eval import ROOT, run_py
 
 sys.path.insert(0, str(ROOT))
@@ -33,12 +33,6 @@ def args(root, out, epochs=3, limit=15):
     return ["--model", str(root / "phi"), "--data-dir", str(root / "data"), "--finetune-epochs", "0",
             "--epochs", str(epochs), "--batch-size", "5", "--grad-accum", "1", "--n", "2", "--max-length", "40",
             "--limit", str(limit), "--lr", "1e-3", "--no-progress", "--device", "cpu", "--out", str(out)]
-
-
-def comparable(out: Path) -> dict:
-    results = json.loads((out / "results.json").read_text())
-    results.pop("wall_seconds"), results.pop("stage_seconds")
-    return results
 
 
 @pytest.fixture(scope="module")
