@@ -2,22 +2,26 @@
 every method over a grid of configurations and seeds, each method's Pareto front, and
 a second panel with fact recall (ROUGE alone rewards word salad).
 
-    python tests/benchmarks/pareto.py [--quick] [--out runs/pareto] [--seeds N] [--report]
+    python tests/benchmarks/pareto.py [--quick] [--out runs/pareto] [--seeds N] [--jobs N] [--report]
 
 Each point is one `run.py --method M ... --seed S --eval factleak` on the tiny
 default; its results.json is kept under DIR/runs/<configuration>-s<seed>, so an
-interrupted sweep resumes where it stopped. Writes DIR/pareto.json (every point and,
-per method, the configurations on its front, from the means over seeds) and
-DIR/pareto.png. 2 seeds; `--quick`: 2 configurations per method (and the PMC
-selection-temperature ablation at one configuration), a subset of the full grid that
-shares its cached runs. `--report` summarises what is cached without running more.
+interrupted sweep resumes where it stopped (a run cut short continues from its last
+complete epoch, `run.py --resume`). Writes DIR/pareto.json (every point and, per
+method, the configurations on its front, from the means over seeds) and DIR/pareto.png.
+2 seeds; `--jobs N` runs N points at a time, the CPU threads split between them;
+`--quick`: 2 configurations per method (and the PMC selection-temperature ablation at
+one configuration), a subset of the full grid that shares its cached runs. `--report`
+summarises what is cached without running more.
 """
 
 from __future__ import annotations
 
 import argparse
 import itertools
+import concurrent.futures
 import json
+import os
 import shlex
 import subprocess
 import sys
@@ -72,20 +76,38 @@ def pareto_front(points: dict[str, tuple[float, float]]) -> list[str]:
                   if not any(a >= x and b >= y and (a > x or b > y) for j, (a, b) in points.items() if j != k))
 
 
-def sweep(out: Path, quick: bool, seeds: int, run: bool = True) -> dict:
+def launch(seed: int, config: dict, folder: Path, threads: int) -> str | None:
+    """One point's run.py in its own process; a folder that an interrupted sweep left with a
+    run.json is resumed from its last complete epoch. Returns a failure's message, or None."""
+    if (folder / "run.json").is_file():
+        command = [sys.executable, "run.py", "--resume", str(folder)]
+    else:
+        command = [sys.executable, "run.py", *flags(config, seed), "--out", str(folder)]
+    print("$", shlex.join(command[1:]), flush=True)
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(threads))}
+    done = subprocess.run([*command, "--no-progress"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE, text=True)
+    return f"{folder.name} failed (exit {done.returncode}): {done.stderr.strip()[-2000:]}" if done.returncode else None
+
+
+def sweep(out: Path, quick: bool, seeds: int, run: bool = True, jobs: int = 1) -> dict:
     """Run every configuration and seed not yet cached (seed by seed, so that an interrupted sweep
-    has covered the whole grid once before it repeats any of it), then summarise. With run=False,
-    summarise the cached runs only: `complete` then says whether every point was there."""
+    has covered the whole grid once before it repeats any of it; `jobs` runs at a time, each with
+    its share of the CPU threads), then summarise. A run that fails is reported and left out.
+    With run=False, summarise the cached runs only. `complete` says whether every point was there."""
+    todo = [(seed, config, out / "runs" / f"{name(config)}-s{seed}")
+            for seed, config in itertools.product(range(seeds), grid(quick))]
+    if run:
+        missing_runs = [(seed, config, folder) for seed, config, folder in todo if not (folder / "results.json").is_file()]
+        with concurrent.futures.ThreadPoolExecutor(jobs) as pool:  # each job is a run.py process
+            for failure in pool.map(lambda t: launch(*t, threads=max(1, (os.cpu_count() or 1) // jobs)), missing_runs):
+                if failure:
+                    print(failure, file=sys.stderr, flush=True)
     points, missing = [], 0
-    for seed, config in itertools.product(range(seeds), grid(quick)):
-        folder = out / "runs" / f"{name(config)}-s{seed}"
+    for seed, config, folder in todo:
         if not (folder / "results.json").is_file():
-            if not run:
-                missing += 1
-                continue
-            command = [sys.executable, "run.py", *flags(config, seed), "--out", str(folder)]
-            print("$", shlex.join(command[1:]), flush=True)
-            subprocess.run([*command, "--no-progress"], check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
+            missing += 1
+            continue
         results = json.loads((folder / "results.json").read_text())
         r = results["after"]
         points.append({**config, "seed": seed, "name": name(config), "unlearn_quality": r["unlearn_quality"],
@@ -149,10 +171,13 @@ def main() -> None:
     parser.add_argument("--out", default="runs/pareto")
     parser.add_argument("--seeds", type=int)
     parser.add_argument("--report", action="store_true", help="run nothing: summarise the runs cached so far")
+    parser.add_argument("--jobs", type=int, default=1, help="runs at a time (default 1), the CPU threads split between them")
     args = parser.parse_args()
+    if args.jobs < 1 or (args.seeds is not None and args.seeds < 1):
+        parser.error("--jobs and --seeds take a positive integer.")
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    result = sweep(out, args.quick, args.seeds or 2, run=not args.report)
+    result = sweep(out, args.quick, args.seeds or 2, run=not args.report, jobs=args.jobs)
     (out / "pareto.json").write_text(json.dumps(result, indent=1) + "\n")
     print(f"Wrote {out / 'pareto.json'}" + (f" and {out / 'pareto.png'}" if plot(result, out / "pareto.png") else ""))
     for method in METHODS:
