@@ -171,3 +171,39 @@ def test_pareto_front_equals_a_skyline_sweep_and_the_quick_grid_has_two_configur
     for method in pareto.METHODS:
         assert sum(c["method"] == method and c.get("tau") is None for c in quick) == 2
     assert {c.get("tau") for c in quick} == {None, 0.1, 1.0}
+
+
+def test_pareto_sweep_resumes_a_run_cut_short_and_reports_a_failure(tmp_path, monkeypatch):
+    """A point whose folder holds run.json (a run.py that was interrupted) is continued with
+    `run.py --resume`, a fresh point gets its configuration's flags, and a failing run is
+    reported and counted missing instead of ending the sweep."""
+    import importlib.util
+    import subprocess
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("pareto", ROOT / "tests" / "benchmarks" / "pareto.py")
+    pareto = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(pareto)
+    monkeypatch.setattr(pareto, "grid", lambda quick: [dict(method="ga", lr=1e-4, epochs=2, lam=None),
+                                                        dict(method="pmc", lr=2e-4, epochs=2, lam=1.5)])
+    cut = tmp_path / "runs" / "pmc-lr0.0002-e2-lam1.5-s0"
+    cut.mkdir(parents=True)
+    (cut / "run.json").write_text("{}")
+    calls = []
+
+    def fake_run(command, **kwargs):
+        calls.append(command)
+        out = Path(command[command.index("--resume" if "--resume" in command else "--out") + 1])
+        if "--resume" not in command:
+            return subprocess.CompletedProcess(command, 3, "", "UserError: no such thing")
+        after = {"unlearn_quality": 90.0, "utility": 99.0, "robustness": {"factleak": {"greedy": 0.0}}}
+        (out / "results.json").write_text(json.dumps({"after": after, "wall_seconds": 1.0}))
+        return subprocess.CompletedProcess(command, 0, "", "")
+
+    monkeypatch.setattr(pareto.subprocess, "run", fake_run)
+    result = pareto.sweep(tmp_path, quick=False, seeds=1, jobs=2)
+    assert sorted(c[2] for c in calls) == ["--method", "--resume"]
+    assert [c for c in calls if c[2] == "--method"][0][2:10] == ["--method", "ga", "--lr", "0.0001", "--epochs", "2",
+                                                                   "--seed", "0"]
+    assert [p["name"] for p in result["points"]] == ["pmc-lr0.0002-e2-lam1.5"]
+    assert result["missing"] == 1 and not result["complete"]
