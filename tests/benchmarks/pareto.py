@@ -180,8 +180,26 @@ def main() -> None:
     result = sweep(out, args.quick, args.seeds or 2, run=not args.report, jobs=args.jobs)
     (out / "pareto.json").write_text(json.dumps(result, indent=1) + "\n")
     print(f"Wrote {out / 'pareto.json'}" + (f" and {out / 'pareto.png'}" if plot(result, out / "pareto.png") else ""))
+    print(table(result))
+
+
+def table(result: dict) -> str:
+    """The means as the README's markdown table, method by method; * marks a configuration on its
+    method's front for ROUGE, and + on its front for facts forgotten."""
+    rows = ["| method | lr | epochs | λ | τ | seeds | unlearn quality | utility | fact recall | front |",
+            "|---|---|---|---|---|---|---|---|---|---|"]
     for method in METHODS:
-        print(f"{method}: front (ROUGE) {', '.join(result['front'][method]['rouge'])}")
+        own = sorted(((k, v) for k, v in result["means"].items() if v["method"] == method),
+                     key=lambda kv: (kv[1]["config"]["tau"] is not None, kv[1]["config"]["lr"],
+                                     kv[1]["config"]["epochs"], kv[1]["config"]["lam"] or 0, kv[1]["config"]["tau"] or 0))
+        for k, v in own:
+            c, front = v["config"], result["front"][method]
+            mark = ("*" if k in front["rouge"] else "") + ("+" if k in front["facts"] else "")
+            lam = "—" if c["lam"] is None else f"{c['lam']:g}"
+            rows.append(f"| {'SimNPO' if method == 'simnpo' else method.upper()} | {c['lr']:g} | {c['epochs']} | {lam} | "
+                        f"{c['tau'] or 0:g} | {v['seeds']} | {v['unlearn_quality']:.1f} | "
+                        f"{v['utility']:.1f} | {v['fact_recall']:.3f} | {mark} |")
+    return "\n".join(rows)
 
 
 if __name__ == "__main__":
