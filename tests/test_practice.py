@@ -146,15 +146,22 @@ def test_theory_practice_recovers_the_prediction_on_an_exact_categorical_process
     assert "reward increase: holds" in out and "variance to 0: falls" in out and "probability to 0: mean" in out
 
 
-def test_pareto_front_equals_a_skyline_sweep_and_the_quick_grid_has_two_configurations_per_method():
-    """The sweep's front (tests/benchmarks/pareto.py) against the classic skyline algorithm:
-    sort by x descending (ties by y descending) and keep each point whose y beats every y before it."""
+def load_pareto():
+    """tests/benchmarks/pareto.py as a module (it is a script, not a package member)."""
     import importlib.util
-    from hypothesis import given, strategies as st
 
     spec = importlib.util.spec_from_file_location("pareto", ROOT / "tests" / "benchmarks" / "pareto.py")
     pareto = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(pareto)
+    return pareto
+
+
+def test_pareto_front_equals_a_skyline_sweep_and_the_quick_grid_has_two_configurations_per_method():
+    """The sweep's front (tests/benchmarks/pareto.py) against the classic skyline algorithm:
+    sort by x descending (ties by y descending) and keep each point whose y beats every y before it."""
+    from hypothesis import given, strategies as st
+
+    pareto = load_pareto()
 
     @given(st.lists(st.tuples(st.integers(0, 6), st.integers(0, 6)), min_size=1, max_size=12, unique=True))
     def check(coords):
@@ -177,13 +184,10 @@ def test_pareto_sweep_resumes_a_run_cut_short_and_reports_a_failure(tmp_path, mo
     """A point whose folder holds run.json (a run.py that was interrupted) is continued with
     `run.py --resume`, a fresh point gets its configuration's flags, and a failing run is
     reported and counted missing instead of ending the sweep."""
-    import importlib.util
     import subprocess
     from pathlib import Path
 
-    spec = importlib.util.spec_from_file_location("pareto", ROOT / "tests" / "benchmarks" / "pareto.py")
-    pareto = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(pareto)
+    pareto = load_pareto()
     monkeypatch.setattr(pareto, "grid", lambda quick: [dict(method="ga", lr=1e-4, epochs=2, lam=None),
                                                         dict(method="pmc", lr=2e-4, epochs=2, lam=1.5)])
     cut = tmp_path / "runs" / "pmc-lr0.0002-e2-lam1.5-s0"

@@ -99,8 +99,9 @@ def sweep(out: Path, quick: bool, seeds: int, run: bool = True, jobs: int = 1) -
             for seed, config in itertools.product(range(seeds), grid(quick))]
     if run:
         missing_runs = [(seed, config, folder) for seed, config, folder in todo if not (folder / "results.json").is_file()]
+        threads = max(1, (os.cpu_count() or 1) // jobs)
         with concurrent.futures.ThreadPoolExecutor(jobs) as pool:  # each job is a run.py process
-            for failure in pool.map(lambda t: launch(*t, threads=max(1, (os.cpu_count() or 1) // jobs)), missing_runs):
+            for failure in pool.map(lambda t: launch(*t, threads=threads), missing_runs):
                 if failure:
                     print(failure, file=sys.stderr, flush=True)
     points, missing = [], 0
@@ -130,6 +131,11 @@ def sweep(out: Path, quick: bool, seeds: int, run: bool = True, jobs: int = 1) -
             "complete": missing == 0, "missing": missing}
 
 
+def label(method: str) -> str:
+    """A method's name as the figure and the table print it."""
+    return "SimNPO" if method == "simnpo" else method.upper()
+
+
 def plot(result: dict, path: Path) -> bool:
     try:
         import matplotlib
@@ -145,7 +151,7 @@ def plot(result: dict, path: Path) -> bool:
         for a, xkey, front in ((ax[0], "unlearn_quality", "rouge"), (ax[1], "fact_recall", "facts")):
             x = (lambda v: v[xkey]) if xkey == "unlearn_quality" else (lambda v: 100 * (1 - v["fact_recall"]))
             a.scatter([x(v) for v in own.values()], [v["utility"] for v in own.values()], color=color, alpha=0.6,
-                      label=method.upper() if method != "simnpo" else "SimNPO")
+                      label=label(method))
             line = sorted((x(own[k]), own[k]["utility"]) for k in result["front"][method][front])
             a.plot([p[0] for p in line], [p[1] for p in line], color=color)
     taus = {k: v for k, v in means.items() if v["config"]["tau"] is not None}
@@ -196,7 +202,7 @@ def table(result: dict) -> str:
             c, front = v["config"], result["front"][method]
             mark = ("*" if k in front["rouge"] else "") + ("+" if k in front["facts"] else "")
             lam = "—" if c["lam"] is None else f"{c['lam']:g}"
-            rows.append(f"| {'SimNPO' if method == 'simnpo' else method.upper()} | {c['lr']:g} | {c['epochs']} | {lam} | "
+            rows.append(f"| {label(method)} | {c['lr']:g} | {c['epochs']} | {lam} | "
                         f"{c['tau'] or 0:g} | {v['seeds']} | {v['unlearn_quality']:.1f} | "
                         f"{v['utility']:.1f} | {v['fact_recall']:.3f} | {mark} |")
     return "\n".join(rows)
