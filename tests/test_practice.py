@@ -178,6 +178,8 @@ def test_pareto_front_equals_a_skyline_sweep_and_the_quick_grid_has_two_configur
     for method in pareto.METHODS:
         assert sum(c["method"] == method and c.get("tau") is None for c in quick) == 2
     assert {c.get("tau") for c in quick} == {None, 0.1, 1.0}
+    full = pareto.grid(quick=False)  # lr x epochs x lambda (GA without), and tau 0.1, 1 at both lengths
+    assert len(full) == 5 * 3 * 2 * 2 + 3 * 2 + 2 * 2 and all(c in full for c in quick)
 
 
 def test_pareto_sweep_resumes_a_run_cut_short_and_reports_a_failure(tmp_path, monkeypatch):

@@ -10,8 +10,8 @@ interrupted sweep resumes where it stopped (a run cut short continues from its l
 complete epoch, `run.py --resume`). Writes DIR/pareto.json (every point and, per
 method, the configurations on its front, from the means over seeds) and DIR/pareto.png.
 2 seeds; `--jobs N` runs N points at a time, the CPU threads split between them;
-`--quick`: 2 configurations per method (and the PMC selection-temperature ablation at
-one configuration), a subset of the full grid that shares its cached runs. `--report`
+`--quick`: 2 configurations per method, the 20-epoch runs (and the PMC selection-temperature
+ablation at 20 epochs), a subset of the full grid that shares its cached runs. `--report`
 summarises what is cached without running more.
 """
 
@@ -42,14 +42,14 @@ def grid(quick: bool) -> list[dict]:
     for method in METHODS:
         lams = LAMBDAS if method in RETAIN_TERM else (None,)
         configs = [dict(method=method, lr=lr, epochs=e, lam=lam) for lr, e, lam in itertools.product(LRS, EPOCHS, lams)]
-        if quick:
-            configs = [c for c in configs if c["epochs"] == 40 and c["lam"] in (None, 1.5) and c["lr"] != 5e-4]
         out += configs
-    base = dict(method="pmc", lr=2e-4, epochs=40, lam=1.5)
-    out += [{**base, "tau": tau} for tau in TAUS]
+    # the tau ablation at PMC's default lr and lambda, at both lengths
+    out += [dict(method="pmc", lr=2e-4, epochs=e, lam=1.5, tau=tau) for e in EPOCHS for tau in TAUS]
+    if quick:  # the short runs at the two larger learning rates, lambda 1.5 (GA has none)
+        out = [c for c in out if c["epochs"] == 20 and c["lam"] in (None, 1.5) and c["lr"] != 1e-4]
     # the quick grid's configurations first, then outward from them (lr, then lambda, then epochs),
     # every method at each, so that a sweep cut short has covered each method alike
-    return sorted(out, key=lambda c: (c["epochs"] != 40, c.get("lam") not in (None, 1.5), c["lr"] == 5e-4,
+    return sorted(out, key=lambda c: (c["epochs"] != 20, c.get("lam") not in (None, 1.5), c["lr"] == 1e-4,
                                       c.get("tau") is not None))
 
 
