@@ -158,11 +158,14 @@ def plot(result: dict, path: Path) -> bool:
     for k, v in taus.items():
         for a, x in ((ax[0], v["unlearn_quality"]), (ax[1], 100 * (1 - v["fact_recall"]))):
             a.scatter([x], [v["utility"]], marker="*", s=120, color="k")
-            a.annotate(f"PMC tau {v['config']['tau']:g}", (x, v["utility"]), fontsize=8)
+            a.annotate(f"PMC tau {v['config']['tau']:g}, {v['config']['epochs']} ep", (x, v["utility"]), fontsize=7,
+                       rotation=30)
     ax[0].set(xlabel="unlearn quality (ROUGE-L)", ylabel="utility", title="unlearn quality against utility")
     ax[1].set(xlabel="100 x (1 - fact recall on the forget set)", ylabel="utility",
               title="facts forgotten against utility")
-    ax[0].legend()
+    for a in ax:
+        a.set_ylim(-5, 118)  # room for the tau labels above the points at utility ~100
+    ax[0].legend(loc="lower left")
     done = "" if result["complete"] else f" ({len(result['points'])} of {len(result['points']) + result['missing']} runs)"
     fig.suptitle(f"tiny default, means over up to {result['seeds']} seeds{done}; lines: each method's Pareto front")
     fig.tight_layout()
