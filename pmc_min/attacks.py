@@ -20,8 +20,8 @@ import re
 import numpy as np
 import torch
 
-from .model import Transformer, causal_lm_loss
-from .qa import complete, encode_qa, generate_answers, prompt
+from .model import Transformer
+from .qa import complete, generate_answers, prompt, score_answers
 from .rouge import rouge_l_recall
 from .sample import Sampling
 from .tokenizer import Tokenizer
@@ -95,14 +95,11 @@ def overunlearn(p_after: list[float], p_base: list[float], bins: int = 20) -> di
             "histogram": {"counts": hist.tolist(), "edges": edges.tolist()}}
 
 
-@torch.no_grad()
 def option_scores(model: Transformer, tokenizer: Tokenizer, question: str, options: list[str],
                   max_length: int = 200) -> np.ndarray:
     """Inverse perplexity of each option as the answer, normalised to probabilities."""
-    model.eval()
-    batch = encode_qa(tokenizer, [question] * len(options), options, max_length, model.device)
-    nll = causal_lm_loss(model(batch["input_ids"], batch["attention_mask"]), batch["labels"], reduction="none")
-    inv_ppl = torch.exp(-nll).cpu().numpy()
+    sums, counts = score_answers(model, tokenizer, [question] * len(options), options, max_length, len(options))
+    inv_ppl = np.exp(-sums / np.maximum(counts, 1))
     return inv_ppl / inv_ppl.sum()
 
 

@@ -19,40 +19,75 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .model import nll, row_mean
-from .qa import sequence_logprob
+from .method import Method, nll, row_mean, sequence_logprob
 
 IDK_ANSWER = "I don't know."
 
 
-def ga_loss(model, forget, retain, lam, **_):
-    f = nll(model, forget)
-    return -f, {"forget_loss": f.item()}
+class GA(Method):
+    name = "ga"
+
+    def loss(self, model, forget, retain):
+        f = nll(model, forget)
+        return -f, {"forget_loss": f.item()}
 
 
-def gd_loss(model, forget, retain, lam, **_):
-    f, r = nll(model, forget), nll(model, retain)
-    return lam * r - f, {"forget_loss": f.item(), "retain_loss": r.item()}
+class GD(Method):
+    name = "gd"
+
+    def loss(self, model, forget, retain):
+        f, r = nll(model, forget), nll(model, retain)
+        return self.cfg.lam * r - f, {"forget_loss": f.item(), "retain_loss": r.item()}
 
 
-def idk_loss(model, forget, retain, lam, **_):
-    """`forget` here is the batch whose answers were replaced by IDK_ANSWER."""
-    f, r = nll(model, forget), nll(model, retain)
-    return f + lam * r, {"forget_loss": f.item(), "retain_loss": r.item()}
+class IDK(Method):
+    """Its forget batch holds the forget questions with IDK_ANSWER in place of their answers."""
+    name = "idk"
+    needs_answers = False
+
+    def answers(self, idx):
+        return [IDK_ANSWER] * len(idx)
+
+    def loss(self, model, forget, retain):
+        f, r = nll(model, forget), nll(model, retain)
+        return f + self.cfg.lam * r, {"forget_loss": f.item(), "retain_loss": r.item()}
 
 
-def npo_loss(model, forget, retain, lam, *, ref_logprob: torch.Tensor, beta: float = 0.1, **_):
-    logp, _ = sequence_logprob(model, forget)
-    f = -(2 / beta) * row_mean(F.logsigmoid(-beta * (logp - ref_logprob)), forget)
-    r = nll(model, retain)
-    return f + lam * r, {"forget_loss": f.item(), "retain_loss": r.item()}
+class NPO(Method):
+    """Its reference, log p_ref(y|x), is the model's before unlearning, computed once at the start
+    (the same numbers as a frozen copy's at every step, up to precision)."""
+    name = "npo"
+
+    def start(self, curves, y0=None):
+        questions, answers = [r["question"] for r in self.rows], [r["answer"] for r in self.rows]
+        self.reference = torch.tensor(self.logprobs(questions, answers), dtype=torch.float32, device=self.model.device)
+
+    def state_dict(self):
+        return {"reference": self.reference}
+
+    def load_state_dict(self, state):
+        self.reference = state["reference"].to(self.model.device)
+
+    def batch(self, idx):
+        return {**super().batch(idx), "reference": self.reference[idx]}  # row by row, as the batch is shared
+
+    def loss(self, model, forget, retain):
+        logp, _ = sequence_logprob(model, forget)
+        beta = self.cfg.npo_beta
+        f = -(2 / beta) * row_mean(F.logsigmoid(-beta * (logp - forget.batch["reference"])), forget)
+        r = nll(model, retain)
+        return f + self.cfg.lam * r, {"forget_loss": f.item(), "retain_loss": r.item()}
 
 
-def simnpo_loss(model, forget, retain, lam, *, beta: float = 2.5, gamma: float = 0.0, **_):
-    logp, length = sequence_logprob(model, forget)
-    f = -(2 / beta) * row_mean(F.logsigmoid(beta * (-logp / length.clamp(min=1) - gamma)), forget)
-    r = nll(model, retain)
-    return f + lam * r, {"forget_loss": f.item(), "retain_loss": r.item()}
+class SimNPO(Method):
+    name = "simnpo"
+
+    def loss(self, model, forget, retain):
+        logp, length = sequence_logprob(model, forget)
+        beta, gamma = self.cfg.simnpo_beta, self.cfg.simnpo_gamma
+        f = -(2 / beta) * row_mean(F.logsigmoid(beta * (-logp / length.clamp(min=1) - gamma)), forget)
+        r = nll(model, retain)
+        return f + self.cfg.lam * r, {"forget_loss": f.item(), "retain_loss": r.item()}
 
 
-LOSSES = {"ga": ga_loss, "gd": gd_loss, "idk": idk_loss, "npo": npo_loss, "simnpo": simnpo_loss}
+BASELINES = {m.name: m for m in (GA, GD, IDK, NPO, SimNPO)}

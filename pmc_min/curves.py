@@ -25,6 +25,11 @@ class Curves:
             values = self.parts.pop(k, [])
             self.curves[k].append(sum(values) / len(values) if values else None)
 
+    def last(self) -> dict[str, str]:
+        """The last optimizer step's loss (and PMC's picks' mean score), for the progress bar."""
+        return {k: f"{self.curves[k][-1]:.3f}" for k in ("loss", "picked_rouge_l")
+                if self.curves[k] and self.curves[k][-1] is not None}
+
     def epoch(self, epoch: int, gt_forget_nll: float | None, logp_y0: list[float] | None = None) -> None:
         self.curves["gt_forget_nll_epoch"].append(epoch)
         self.curves["gt_forget_nll"].append(gt_forget_nll)

@@ -45,7 +45,7 @@ def wikitext_probe(n: int = 100, fetch=None) -> list[str]:
     lines skipped): the paper's unrelated text for the over-unlearning probe. Read through the
     hub's dataset viewer, 100 rows a request, and cached as one paragraph a line."""
     from .checkpoint import cache_root
-    from .resume import atomic_write_text
+    from .files import atomic_write_text
 
     path = cache_root() / "probe" / f"wikitext-2-raw-v1-train-{n}.txt"
     if path.is_file():
@@ -107,3 +107,18 @@ def load_split(data_dir: str | Path, name: str, required=("question", "answer"))
     if not rows:
         raise UserError(f"{path} holds no rows.")
     return rows
+
+
+MOVED_TO_QA = ("prompt", "target", "strip_tag", "encode_qa", "encode_rows")  # question answering moved to qa.py
+
+
+def __getattr__(name: str):
+    """The question-answering functions that lived here before qa.py, with a DeprecationWarning."""
+    if name in MOVED_TO_QA:
+        import warnings
+
+        from . import qa
+        warnings.warn(f"pmc_min.data.{name} is deprecated and will be removed; use pmc_min.qa.{name}.",
+                      DeprecationWarning, stacklevel=2)
+        return getattr(qa, name)
+    raise AttributeError(f"module 'pmc_min.data' has no attribute {name!r}")

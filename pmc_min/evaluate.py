@@ -15,11 +15,10 @@ both fields).
 from __future__ import annotations
 
 import numpy as np
-import torch
 
 from .data import RETAIN_OF, load_split
-from .model import Transformer, autocast, causal_lm_loss
-from .qa import encode_qa, generate_answers
+from .model import Transformer
+from .qa import generate_answers, score_answers
 from .rouge import rouge_l_recall
 from .tokenizer import Tokenizer
 
@@ -65,20 +64,10 @@ def evaluate(model: Transformer, tokenizer: Tokenizer, sets: dict, max_length: i
     return {**summary, "rouge_l_recall": rouge, "examples": shown}, greedy
 
 
-@torch.no_grad()
 def fluency_nll(scorer: Transformer, tokenizer: Tokenizer, questions: list[str], answers: list[str],
                 max_length: int, batch_size: int = 32) -> float:
     """The mean per-token NLL of the answers under `scorer`, each prompted with its question
     (answer tokens and the end-of-answer token, as in training; tokens pooled over answers).
     Scored by the pretrained model before any TOFU fine-tuning, it tells language from noise."""
-    total, count = 0.0, 0
-    for i in range(0, len(questions), batch_size):
-        batch = encode_qa(tokenizer, questions[i:i + batch_size], answers[i:i + batch_size], max_length,
-                          scorer.device)
-        with autocast(scorer.device):
-            per_row = causal_lm_loss(scorer(batch["input_ids"], batch["attention_mask"]), batch["labels"],
-                                     reduction="none").double()
-        tokens = (batch["labels"][:, 1:] != -100).sum(1)
-        total += float((per_row * tokens).sum())
-        count += int(tokens.sum())
-    return total / max(count, 1)
+    sums, counts = score_answers(scorer, tokenizer, questions, answers, max_length, batch_size)
+    return float(sums.sum() / max(counts.sum(), 1))

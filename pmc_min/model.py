@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -312,34 +313,25 @@ def autocast(device: torch.device):
     return contextlib.nullcontext()
 
 
+def next_token_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The NLL of each token, (B, T-1) in float32, and the mask of those counted: token t+1 is
+    predicted from position t, and labels of -100 (prompt, padding) count for nothing (0)."""
+    logits, labels = logits[:, :-1].float(), labels[:, 1:]
+    return F.cross_entropy(logits.transpose(1, 2), labels, ignore_index=-100, reduction="none"), labels != -100
+
+
 def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor, reduction: str = "mean",
                    total: float | None = None) -> torch.Tensor:
-    """Next-token NLL: token t+1 is predicted from position t; labels of -100
-    (prompt, padding) are ignored. reduction='none' gives one mean per row. total,
-    if given, divides the sum instead of the batch's own count of answer tokens."""
-    logits, labels = logits[:, :-1].float(), labels[:, 1:]
-    nll = F.cross_entropy(logits.transpose(1, 2), labels, ignore_index=-100, reduction="none")  # (B, T-1)
-    counted = (labels != -100)
+    """Next-token NLL averaged over the counted tokens; reduction='none' gives one mean per row.
+    total (deprecated): divide the sum by it instead of the counted tokens."""
+    nll, counted = next_token_nll(logits, labels)
     if reduction == "none":
         return nll.sum(-1) / counted.sum(-1).clamp(min=1)
-    return nll.sum() / (counted.sum().clamp(min=1) if total is None else max(total, 1))
+    if total is not None:
+        warnings.warn("causal_lm_loss(total=) is deprecated and will be removed; divide "
+                      "next_token_nll(logits, labels)[0].sum() by your own count.", DeprecationWarning, stacklevel=2)
+        return nll.sum() / max(total, 1)
+    return nll.sum() / counted.sum().clamp(min=1)
 
 
-def answer_tokens(batch: dict[str, torch.Tensor]) -> int:
-    """The answer tokens an encode_qa batch's NLL averages over."""
-    return int((batch["labels"][:, 1:] != -100).sum())
-
-
-def nll(model: Transformer, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Mean NLL of the answer tokens (labels != -100). Under torchrun a batch is one rank's
-    share of the micro-batch, and batch["tokens"] the micro-batch's count (train.Engine)."""
-    return causal_lm_loss(model(batch["input_ids"], batch["attention_mask"]), batch["labels"],
-                          total=batch.get("tokens"))
-
-
-def row_mean(values: torch.Tensor, batch: dict) -> torch.Tensor:
-    """The mean of one value per row; under torchrun over the micro-batch's batch["rows"] rows."""
-    return values.mean() if "rows" not in batch else values.sum() / batch["rows"]
-
-
-__all__ = ["Config", "ConfigError", "Transformer", "autocast", "causal_lm_loss", "nll", "row_mean"]
+__all__ = ["Config", "ConfigError", "Transformer", "autocast", "causal_lm_loss", "next_token_nll"]

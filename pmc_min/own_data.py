@@ -30,7 +30,8 @@ from .errors import UserError
 from .qa import generate_answers, greedy_answers
 from .rouge import rouge_l_recall
 from .sample import Sampling
-from .train import UnlearnConfig, unlearn
+from .config import UnlearnConfig
+from .train import METHOD_CLASSES, unlearn
 
 EVAL_RETAIN = 400  # retain questions scored against y0 at most (the authors' retain evaluation size)
 
@@ -192,4 +193,4 @@ def unlearn_questions(model, tokenizer, questions: list[str], retain: list, conf
     return model, curves
 
 
-NO_ANSWERS_NEEDED = ("pmc", "idk")  # PMC trains on its own samples, IDK on "I don't know."
+NO_ANSWERS_NEEDED = tuple(name for name, m in METHOD_CLASSES.items() if not m.needs_answers)  # PMC and IDK

@@ -1,75 +1,26 @@
 """A run's phases, in the order run.py's main() calls them: the starting model, the
 evaluations (greedy ROUGE-L, TOFU's metrics, the robustness attacks), training, and
-the results. run.py settles a `Run` (every input checked, every default merged)
-before any of them."""
+the results. `settle.settle` makes the `Run` they read (every input checked, every
+default merged) before any of them."""
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 from . import attacks, checkpoint, distributed, own_data, report, tiny, tiny_data, tofu
 from .checkpoint import load as load_model
 from .data import load_split
-from .evaluate import evaluate, fluency_nll
-from .resume import atomic_write_text, latest_state, load_state, save_state
-from .sample import Sampling
-from .train import NonFiniteLoss, TrainingState, UnlearnConfig, finetune, unlearn
 from .errors import UserError
-
-
-def tiny_default(args) -> bool:
-    """The embedded model on its own data."""
-    return args.model == "tiny" and not args.data_dir
-
-
-@dataclass
-class Run:
-    """Everything a run needs, settled before any heavy work."""
-    args: argparse.Namespace
-    preset: str
-    cfg: UnlearnConfig
-    finetuning: dict  # TOFU fine-tuning before unlearning: epochs, lr, batch_size, grad_accum, max_length
-    chat: dict | None
-    evals: list[str]
-    eval_samples: int  # samples per forget question of leakage, prefill and factleak
-    out: Path
-    data_dir: Path
-    model_dir: Path
-    forget_rows: list[dict]
-    retain_rows: list[dict]
-    sets: dict
-    full_rows: list[dict] | None
-    tofu_sets: dict | None
-    probe: list[str] | None
-    finetuned_dir: Path | None = None  # the cached fine-tuned model the run starts from, if any
-
-    @property
-    def tiny_default(self) -> bool:
-        return tiny_default(self.args)
-
-    @property
-    def own_data(self) -> bool:
-        """Your own forget questions, without their answers (own_data.py)."""
-        return bool(self.args.forget_questions)
-
-    def log(self, *message) -> None:
-        if not self.args.no_progress:
-            print(*message)
-
-    def load(self, folder):
-        """A model and its tokenizer, prompted as the authors prompt this kind of model."""
-        model, tokenizer = load_model(folder, device=self.args.device)
-        return model, self.prompted(tokenizer)
-
-    def prompted(self, tokenizer):
-        if self.chat:
-            tokenizer.with_system(**self.chat)
-        return tokenizer
+from .evaluate import evaluate, fluency_nll
+from .files import atomic_write_text, write_json
+from .resume import latest_state, load_state, save_state
+from .sample import Sampling
+from .settle import Run
+from .train import NonFiniteLoss, TrainingState, finetune, unlearn
 
 
 class Stopwatch:
@@ -91,17 +42,17 @@ class Stopwatch:
 def starting_point(run: Run):
     """(model, tokenizer, training state or None, `before` results or None): where the last
     complete epoch left a resumed run, else the model fine-tuned on TOFU first if asked."""
-    args = run.args
-    latest = latest_state(run.out) if args.resume else None
+    cfg = run.config
+    latest = latest_state(run.out) if cfg.resume else None
     if latest is not None:
-        model, tokenizer, state = load_state(latest, device=args.device)
-        print(f"Resuming from {latest} (epoch {state.epoch} of {run.cfg.epochs}).")
+        model, tokenizer, state = load_state(latest, device=cfg.device)
+        print(f"Resuming from {latest} (epoch {state.epoch} of {cfg.unlearn.epochs}).")
         return model, run.prompted(tokenizer), state, json.loads((run.out / "before.json").read_text())
     folder = run.model_dir
-    if run.finetuning["epochs"] > 0:
-        folder = run.finetuned_dir = finetuned(run, run.full_rows, "the model fine-tuned on TOFU")
+    if cfg.finetune.epochs > 0:
+        folder = run.finetuned_dir = finetuned(run, run.data.full_rows, "the model fine-tuned on TOFU")
     model, tokenizer = run.load(folder)
-    run.log(f"{args.model}: {model.num_parameters():,} parameters on {args.device}; data {run.data_dir}")
+    run.log(f"{cfg.model}: {model.num_parameters():,} parameters on {cfg.device}; data {run.data_dir}")
     return model, tokenizer, None, None
 
 
@@ -114,11 +65,12 @@ def finetuned(run: Run, rows: list[dict], what: str, epochs: int | None = None) 
     """The folder of run.model_dir fine-tuned on rows with the run's recipe, built once and
     cached under the hash of everything that goes into it, so that every method (and the
     retain-only reference) starts from the same model."""
-    ft = {**run.finetuning, **({} if epochs is None else {"epochs": epochs})}
+    cfg = run.config
+    ft = {**asdict(cfg.finetune), **({} if epochs is None else {"epochs": epochs})}
     weights = sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in Path(run.model_dir).iterdir()
                      if f.suffix in (".safetensors", ".json"))
-    recipe = {"model": str(Path(run.model_dir).resolve()), "weights": weights, "finetune": ft, "chat": run.chat,
-              "seed": run.args.seed, "rows": [(r["question"], r["answer"]) for r in rows]}
+    recipe = {"model": str(Path(run.model_dir).resolve()), "weights": weights, "finetune": ft, "chat": cfg.chat,
+              "seed": cfg.seed, "rows": [(r["question"], r["answer"]) for r in rows]}
     folder = checkpoint.cache_root() / "finetuned" / f"{Path(run.model_dir).name}-{fingerprint(recipe)}"
     if (folder / "READY").is_file():
         run.log(f"Using {what}, cached in {folder}.")
@@ -128,8 +80,7 @@ def finetuned(run: Run, rows: list[dict], what: str, epochs: int | None = None) 
         model, tokenizer = run.load(run.model_dir)
         run.log(f"Building {what}: {len(rows)} QA, {ft['epochs']} epochs (cached in {folder}) ...")
         finetune(model, tokenizer, rows, epochs=ft["epochs"], lr=ft["lr"], batch_size=ft["batch_size"],
-                 grad_accum=ft["grad_accum"], max_length=ft["max_length"], seed=run.args.seed,
-                 progress=not run.args.no_progress)
+                 grad_accum=ft["grad_accum"], max_length=ft["max_length"], seed=cfg.seed, progress=cfg.progress)
         checkpoint.save(model, tokenizer, tmp)
         (tmp / "recipe.json").write_text(json.dumps({k: v for k, v in recipe.items() if k != "rows"} | {
             "rows": len(rows)}, indent=1) + "\n")
@@ -141,28 +92,36 @@ class Evaluations:
     """The evaluations a run asked for, their fixed inputs prepared once."""
 
     def __init__(self, run: Run, tokenizer):
-        self.run, evals, rows = run, run.evals, run.forget_rows
-        self.perturbed = (load_split(run.data_dir, f"{run.args.split}_perturbed")[:len(rows)]
+        self.run, evals, rows = run, run.config.evals, run.data.forget_rows
+        self.perturbed = (load_split(run.data_dir, f"{run.config.split}_perturbed")[:len(rows)]
                           if "mcq" in evals else None)
-        self.token_set = (attacks.forget_tokens(tokenizer, [r["answer"] for r in rows], run.probe)
+        self.token_set = (attacks.forget_tokens(tokenizer, [r["answer"] for r in rows], run.data.probe)
                           if "overunlearn" in evals else None)
         self.reference_tr = reference_truth_ratios(run) if "tofu" in evals else None
 
     def __call__(self, model, tokenizer, base_probs=None, before=None) -> dict:
-        run, max_length = self.run, self.run.cfg.max_length
-        result, greedy = evaluate(model, tokenizer, run.sets, max_length=max_length)
-        questions = run.sets["forget"][0]
-        scorer, _ = load_model(run.model_dir, device=run.args.device)  # the model before any TOFU fine-tuning
+        run, cfg = self.run, self.run.config
+        max_length, sets = cfg.unlearn.max_length, run.data.sets
+        result, greedy = evaluate(model, tokenizer, sets, max_length=max_length)
+        questions = sets["forget"][0]
+        scorer, _ = load_model(run.model_dir, device=cfg.device)  # the model before any TOFU fine-tuning
         # room for the whole answer: it was written within max_length, and its end token comes on top
         result["fluency_nll"] = {"forget": fluency_nll(scorer, tokenizer, questions, greedy["forget"], 2 * max_length)}
         del scorer
-        if "tofu" in run.evals:
-            known = {q: g for name, (qs, _) in run.sets.items() if name != "forget_paraphrased"
+        if "tofu" in cfg.evals:
+            known = {q: g for name, (qs, _) in sets.items() if name != "forget_paraphrased"
                      for q, g in zip(qs, greedy[name])}
-            result["tofu"] = tofu.evaluate(model, tokenizer, run.tofu_sets, max_length, self.reference_tr, known)
-        if set(run.evals) - {"tofu"}:
+            result["tofu"] = tofu.evaluate(model, tokenizer, run.data.tofu_sets, max_length, self.reference_tr, known)
+        if set(cfg.evals) - {"tofu"}:
             result["robustness"] = robustness(model, tokenizer, run, self.perturbed, self.token_set, base_probs)
         return result
+
+
+def eval_sampling(run: Run) -> dict:
+    """The sampled evaluations' settings: samples per question, how they are drawn, the seed."""
+    cfg = run.config
+    return dict(m=cfg.eval_samples, sampling=Sampling(cfg.eval_temperature, cfg.unlearn.top_p, cfg.unlearn.top_k),
+                max_length=cfg.unlearn.max_length, seed=cfg.seed)
 
 
 class OwnDataEvaluations:
@@ -171,20 +130,18 @@ class OwnDataEvaluations:
     gives it. That file is read here, and nowhere else."""
 
     def __init__(self, run: Run, tokenizer):
-        self.run, args = run, run.args
-        self.questions = [r["question"] for r in run.forget_rows]
-        rows = run.retain_rows
+        self.run, cfg = run, run.config
+        self.questions = [r["question"] for r in run.data.forget_rows]
+        rows = run.data.retain_rows
         # self-distilled retain: every question is answered before unlearning, and the answers are its targets
         self.retain = rows if "answer" not in rows[0] else [rows[i] for i in own_data.spread(len(rows))]
-        self.answers = own_data.read_answers(args.forget_answers, self.questions) if args.forget_answers else None
+        self.answers = own_data.read_answers(cfg.forget_answers, self.questions) if cfg.forget_answers else None
 
     def __call__(self, model, tokenizer, base_probs=None, before=None) -> dict:
-        run, cfg = self.run, self.run.cfg
         has_answers = "answer" in self.retain[0]
         return own_data.similarity_to_y0(
             model, tokenizer, self.questions, [r["question"] for r in self.retain], before and before["y0"],
-            m=run.eval_samples, sampling=Sampling(run.args.eval_temperature, cfg.top_p, cfg.top_k),
-            max_length=cfg.max_length, seed=run.args.seed, answers=self.answers,
+            **eval_sampling(self.run), answers=self.answers,
             retain_answers=[r["answer"] for r in self.retain] if has_answers and self.answers else None)
 
 
@@ -192,14 +149,14 @@ def evaluate_before(run: Run, evaluations: Evaluations, model, tokenizer) -> dic
     """The evaluation before unlearning. A run that starts from a cached fine-tuned model keeps it
     beside that model, under the hash of every input of the evaluation, so the next method on the
     same model with the same evaluations reuses it."""
-    args, cfg = run.args, run.cfg
+    cfg, data = run.config, run.data
     path = None
     if run.finetuned_dir is not None:
-        inputs = {"evals": run.evals, "sets": run.sets, "max_length": cfg.max_length, "tofu_sets": run.tofu_sets,
-                  "reference": evaluations.reference_tr, "samples": run.eval_samples,
-                  "sampling": [args.eval_temperature, cfg.top_p, cfg.top_k], "seed": args.seed,
-                  "forget": [(r["question"], r["answer"]) for r in run.forget_rows], "probe": run.probe,
-                  "perturbed": evaluations.perturbed, "data_dir": str(run.data_dir), "chat": run.chat,
+        inputs = {"evals": cfg.evals, "sets": data.sets, "max_length": cfg.unlearn.max_length,
+                  "tofu_sets": data.tofu_sets, "reference": evaluations.reference_tr, "samples": cfg.eval_samples,
+                  "sampling": [cfg.eval_temperature, cfg.unlearn.top_p, cfg.unlearn.top_k], "seed": cfg.seed,
+                  "forget": [(r["question"], r["answer"]) for r in data.forget_rows], "probe": data.probe,
+                  "perturbed": evaluations.perturbed, "data_dir": str(run.data_dir), "chat": cfg.chat,
                   "scorer": str(run.model_dir)}
         path = run.finetuned_dir / "before" / f"{fingerprint(inputs)}.json"
         if path.is_file():
@@ -209,19 +166,20 @@ def evaluate_before(run: Run, evaluations: Evaluations, model, tokenizer) -> dic
     before = evaluations(model, tokenizer)
     if path is not None and distributed.main_rank():
         path.parent.mkdir(exist_ok=True)
-        report.write_json(path, before)
+        write_json(path, before)
     return before
 
 
 def overunlearn_base(run: Run, ev: Evaluations, tokenizer, before: dict):
     """(base probabilities, their name) of the over-unlearning probe: the paper's retain-only
     reference where the tiny default has built it, else the model before unlearning."""
+    cfg = run.config
     before_probs = before.get("robustness", {}).get("overunlearn", {}).get("probs")
-    reference_dir = tiny.cache_dir() / f"reference-{run.args.split}"
-    if ("overunlearn" in run.evals and run.tiny_default and not run.args.reference
+    reference_dir = tiny.cache_dir() / f"reference-{cfg.split}"
+    if ("overunlearn" in cfg.evals and cfg.tiny_default and not cfg.reference
             and (reference_dir / "READY").is_file()):
-        reference, _ = load_model(reference_dir, device=run.args.device)
-        return attacks.token_probs(reference, tokenizer, run.probe, ev.token_set), "retain-only reference"
+        reference, _ = load_model(reference_dir, device=cfg.device)
+        return attacks.token_probs(reference, tokenizer, run.data.probe, ev.token_set), "retain-only reference"
     return before_probs, "model before unlearning"
 
 
@@ -229,25 +187,25 @@ def train(run: Run, model, tokenizer, state, before: dict):
     """(model, tokenizer, curves) after unlearning, or the retain-only reference with --reference.
     On your own data, PMC's y0 and any self-distilled retain targets are the greedy answers of
     the evaluation before unlearning."""
-    args, retain_rows, y0 = run.args, run.retain_rows, None
-    if run.own_data:
+    cfg, retain_rows, y0 = run.config, run.data.retain_rows, None
+    if cfg.own_data:
         y0 = before["y0"]["forget"]
         if "answer" not in retain_rows[0]:
             retain_rows = [{"question": r["question"], "answer": a} for r, a in zip(retain_rows, before["y0"]["retain"])]
 
-    def on_epoch_end(st: TrainingState) -> None:
-        if args.save_every and (st.epoch % args.save_every == 0 or st.final):
-            save_state(run.out, model, tokenizer, st)
+    def on_epoch_end(st: TrainingState, engine) -> None:
+        if cfg.save_every and (st.epoch % cfg.save_every == 0 or st.final):
+            save_state(run.out, model, tokenizer, st, engine)
 
     try:
-        if args.reference:
+        if cfg.reference:
             run.log("Training the retain-only reference model ...")
             with distributed.rank_zero_first():
                 return *reference_model(run), {}
-        what = args.forget_questions or args.split
-        run.log(f"Unlearning {what} ({len(run.forget_rows)} questions) with {args.method} ...")
-        return model, tokenizer, unlearn(model, tokenizer, run.forget_rows, retain_rows, run.cfg, y0=y0,
-                                         progress=not args.no_progress, on_epoch_end=on_epoch_end, resume=state)
+        what = cfg.forget_questions or cfg.split
+        run.log(f"Unlearning {what} ({len(run.data.forget_rows)} questions) with {cfg.method} ...")
+        return model, tokenizer, unlearn(model, tokenizer, run.data.forget_rows, retain_rows, cfg.unlearn, y0=y0,
+                                         progress=cfg.progress, on_epoch_end=on_epoch_end, resume=state)
     except NonFiniteLoss as e:
         kept = latest_state(run.out)
         raise UserError(f"{str(e)[:-1]}; " + (f"the last good checkpoint, {kept}, is kept (resume with "
@@ -271,32 +229,31 @@ def finish_overunlearn(after: dict, before: dict, base_probs, base: str) -> None
 def write_results(run: Run, model, tokenizer, before: dict, after: dict, curves: dict, clock) -> None:
     """results.json, the plots and the model; `clock` holds the wall seconds of each stage (`stages`)
     and of the whole run (`total`)."""
-    args, out = run.args, run.out
+    cfg, out = run.config, run.out
     checkpoint.save(model, tokenizer, out / "model")
-    results = {"method": "reference-retain" if args.reference else args.method, "model": args.model,
-               "split": args.split, "data_dir": run.data_dir and str(run.data_dir),
-               **({"forget_questions": args.forget_questions, "retain": args.retain,
-                   "forget_answers": args.forget_answers} if run.own_data else {}),
-               "config": {**asdict(run.cfg), "preset": run.preset, "chat": run.chat, "finetune": run.finetuning,
-                          "device": args.device, "protocol": args.protocol, "eval_samples": run.eval_samples,
-                          "eval_temperature": args.eval_temperature, "limit": args.limit, "full_eval": args.full_eval,
-                          "reference_model": args.reference_model},
+    results = {"method": "reference-retain" if cfg.reference else cfg.method, "model": cfg.model,
+               "split": cfg.split, "data_dir": run.data_dir and str(run.data_dir),
+               **({"forget_questions": cfg.forget_questions, "retain": cfg.retain,
+                   "forget_answers": cfg.forget_answers} if cfg.own_data else {}),
+               "config": {**asdict(cfg.unlearn), "preset": cfg.preset, "chat": cfg.chat,
+                          "finetune": asdict(cfg.finetune), "device": cfg.device, "protocol": cfg.protocol,
+                          "eval_samples": cfg.eval_samples, "eval_temperature": cfg.eval_temperature,
+                          "limit": cfg.limit, "full_eval": cfg.full_eval, "reference_model": cfg.reference_model},
                "before": before, "after": after, "wall_seconds": clock.total, "stage_seconds": clock.stages,
                "curves": curves}
-    report.write_json(out / "results.json", results, indent=1)
+    write_json(out / "results.json", results, indent=1)
     plotted = bool(curves) and report.plot_curves(curves, out / "curves.png")
     if "overunlearn" in after.get("robustness", {}):
         report.plot_overunlearn(after["robustness"]["overunlearn"], out / "overunlearn.png")
     print(report.markdown_table(before, after))
-    print(f"\n{results['method']} on {args.model}, {args.forget_questions or args.split}: {results['wall_seconds']:.0f} s. "
+    print(f"\n{results['method']} on {cfg.model}, {cfg.forget_questions or cfg.split}: {results['wall_seconds']:.0f} s. "
           f"Wrote {out / 'results.json'}{', curves.png' if plotted else ''} and the model in {out / 'model'}.")
 
 
 def robustness(model, tokenizer, run: Run, perturbed_rows: list[dict] | None, token_set, base_probs=None) -> dict:
     """The requested robustness evaluations of one model (attacks.py)."""
-    args, cfg, evals, forget_rows, data_dir = run.args, run.cfg, run.evals, run.forget_rows, run.data_dir
-    sampling = dict(m=run.eval_samples, sampling=Sampling(args.eval_temperature, cfg.top_p, cfg.top_k), max_length=cfg.max_length,
-                    seed=args.seed)
+    cfg, forget_rows = run.config, run.data.forget_rows
+    evals, sampling = cfg.evals, eval_sampling(run)
     questions, answers = [r["question"] for r in forget_rows], [r["answer"] for r in forget_rows]
     out = {}
     if "leakage" in evals:
@@ -304,15 +261,15 @@ def robustness(model, tokenizer, run: Run, perturbed_rows: list[dict] | None, to
     if "prefill" in evals:
         out["prefill"] = attacks.prefill(model, tokenizer, questions, answers, **sampling)
     if "overunlearn" in evals:
-        probs = attacks.token_probs(model, tokenizer, run.probe, token_set)
+        probs = attacks.token_probs(model, tokenizer, run.data.probe, token_set)
         out["overunlearn"] = attacks.overunlearn(probs, base_probs if base_probs is not None else probs)
         out["overunlearn"]["probs"] = probs
     if "mcq" in evals:
-        out["mcq"] = attacks.mcq(model, tokenizer, perturbed_rows, cfg.max_length)
+        out["mcq"] = attacks.mcq(model, tokenizer, perturbed_rows, cfg.unlearn.max_length)
     if "factleak" in evals:
         rows = forget_rows
-        if (data_dir / "authors.json").is_file():  # the synthetic data knows every answer's facts
-            known = tiny_data.facts(data_dir)
+        if (run.data_dir / "authors.json").is_file():  # the synthetic data knows every answer's facts
+            known = tiny_data.facts(run.data_dir)
             rows = [{**r, "facts": known.get(r["question"])} for r in forget_rows]
         out["factleak"] = attacks.factleak(model, tokenizer, rows, **sampling)
     return out
@@ -321,13 +278,13 @@ def robustness(model, tokenizer, run: Run, perturbed_rows: list[dict] | None, to
 def reference_truth_ratios(run: Run) -> list[float]:
     """The retain-only reference model's forget truth ratios (TOFU's forget quality compares
     with them), computed once per run."""
-    args = run.args
+    cfg = run.config
     path = run.out / "reference_truth_ratio.json"
     if path.is_file():
         return json.loads(path.read_text())
-    folder = checkpoint.resolve(args.reference_model) if args.reference_model else reference_folder(run)
+    folder = checkpoint.resolve(cfg.reference_model) if cfg.reference_model else reference_folder(run)
     reference, tokenizer = run.load(folder)
-    ratios = tofu.forget_truth_ratios(reference, tokenizer, run.tofu_sets["forget"], run.cfg.max_length)
+    ratios = tofu.forget_truth_ratios(reference, tokenizer, run.data.tofu_sets["forget"], cfg.unlearn.max_length)
     atomic_write_text(path, json.dumps(ratios) + "\n")
     return ratios
 
@@ -339,7 +296,7 @@ def reference_model(run: Run):
 
 
 def reference_folder(run: Run) -> Path:
-    if run.tiny_default:
-        return tiny.build_reference(run.args.split, device=run.args.device, progress=not run.args.no_progress)
-    return finetuned(run, run.retain_rows, "the retain-only reference model",
-                     epochs=max(1, run.finetuning["epochs"]))
+    cfg = run.config
+    if cfg.tiny_default:
+        return tiny.build_reference(cfg.split, device=cfg.device, progress=cfg.progress)
+    return finetuned(run, run.data.retain_rows, "the retain-only reference model", epochs=max(1, cfg.finetune.epochs))

@@ -15,8 +15,8 @@ keeps the collapse partial. The steps (docs/method.md §2):
 5. `BestSoFar`         per question, the least similar answer seen so far; score 0 stops resampling.
 6. `collapse_batch` and `pmc_loss`: NLL(pick | q) + lambda * NLL(retain answer | retain q).
 
-`collapse_batch` receives questions and picks only, so the forget ground
-truth cannot reach the objective.
+`PMC` runs these steps in the training loop. `collapse_batch` receives questions
+and picks only, so the forget ground truth cannot reach the objective.
 """
 
 from __future__ import annotations
@@ -27,7 +27,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .model import Transformer, nll
+from .checkpoint import build
+from .engine import Share
+from .method import Method, nll
+from .model import Transformer
 from .qa import encode_qa, generate_answers, greedy_answers
 from .rng import seed_of
 from .rouge import rouge_l_recall
@@ -129,7 +132,65 @@ def collapse_batch(tokenizer: Tokenizer, questions: list[str], picks: list[str],
     return encode_qa(tokenizer, questions, picks, max_length, device)
 
 
-def pmc_loss(model: Transformer, collapse: dict, retain: dict, lam: float) -> tuple[torch.Tensor, dict]:
+class PMC(Method):
+    """PMC in the training loop (docs/method.md §2). `start` is step 1; before each micro-batch,
+    `prepare` runs steps 2-5 on its questions from the current weights (from a copy in
+    cfg.sample_dtype if one is set) into the best-so-far cache; `batch` then holds the
+    questions and their cached picks only (step 6a), and `loss` is step 6b."""
+    name, kind, draws, needs_answers = "pmc", "collapse", True, False
+
+    def __init__(self, model, tokenizer, rows, cfg):
+        super().__init__(model, tokenizer, rows, cfg)
+        self.questions, self.cache, self.y0, self.sampler = [r["question"] for r in rows], BestSoFar(), None, None
+
+    def start(self, curves, y0=None):
+        self.y0 = y0 or initial_answers(self.model, self.tokenizer, self.questions, self.cfg.max_length)
+        curves.curves["logp_y0"].append(self.logp_y0())  # epoch 0
+
+    def state_dict(self):
+        return {"y0": self.y0, "cache_answers": {str(k): v for k, v in self.cache.answers.items()},
+                "cache_scores": {str(k): v for k, v in self.cache.scores.items()}}
+
+    def load_state_dict(self, state):
+        self.y0 = state["y0"]
+        self.cache = BestSoFar({int(k): v for k, v in state["cache_answers"].items()},
+                               {int(k): v for k, v in state["cache_scores"].items()})
+
+    def prepare(self, idx, epoch, curves):
+        cfg, model = self.cfg, self.model
+        dtype = getattr(torch, cfg.sample_dtype) if cfg.sample_dtype else model.dtype
+        if dtype == model.dtype:
+            self.sampler = model
+        elif self.sampler is None:
+            self.sampler = build(model.config, dict(model.state_dict()), device=model.device, dtype=dtype)
+        else:
+            self.sampler.load_weights_from(model)
+        drawn = resample(self.sampler, self.tokenizer, self.cache, idx, self.questions, self.y0, n=cfg.n_samples,
+                         sampling=cfg.sampling, max_length=cfg.max_length, min_len=cfg.min_len, seed=cfg.seed,
+                         epoch=epoch, compile=cfg.compile, tau=cfg.selection_temperature)
+        curves.draws(epoch, len(self.questions), drawn)
+        curves.add(picked_rouge_l=[self.cache.scores[q] for q in idx])
+
+    def batch(self, idx):
+        return collapse_batch(self.tokenizer, [self.questions[q] for q in idx], [self.cache.answers[q] for q in idx],
+                              self.cfg.max_length, self.model.device)
+
+    def loss(self, model, forget, retain):
+        return pmc_loss(model, forget, retain, self.cfg.lam)
+
+    def logp_y0(self) -> list[float]:
+        """log p(y0 | q) of every forget question under the current weights (the theory says it
+        goes to -inf)."""
+        return self.logprobs(self.questions, self.y0)
+
+    def monitor(self):
+        return {"logp_y0": self.logp_y0()}
+
+    def result(self):
+        return {"y0": self.y0, "final_picks": [self.cache.answers.get(q) for q in range(len(self.questions))]}
+
+
+def pmc_loss(model: Transformer, collapse: Share, retain: Share, lam: float) -> tuple[torch.Tensor, dict]:
     """Step 6b: NLL(pick | q) + lambda * NLL(retain answer | retain q)."""
     forget_term, retain_term = nll(model, collapse), nll(model, retain)
     return forget_term + lam * retain_term, {"forget_loss": forget_term.item(), "retain_loss": retain_term.item()}

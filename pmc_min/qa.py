@@ -12,10 +12,11 @@ ending with their end-of-turn token.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from . import distributed
-from .model import Transformer, autocast
+from .model import Transformer, autocast, next_token_nll
 from .sample import Sampling, generate_ids, prompt_seeds
 from .tokenizer import Tokenizer
 
@@ -96,27 +97,49 @@ def encode_rows(tokenizer: Tokenizer, rows: list[dict], max_length: int, device=
     return encode_qa(tokenizer, [r["question"] for r in rows], [r["answer"] for r in rows], max_length, device)
 
 
-def sequence_logprob(model: Transformer, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    """(sum of answer-token log-probs, number of answer tokens), one per row of an encode_qa batch."""
-    logits = model(batch["input_ids"], batch["attention_mask"])[:, :-1].float()
-    labels = batch["labels"][:, 1:]
-    counted = labels != -100
-    logp = torch.gather(logits.log_softmax(-1), 2, labels.clamp(min=0)[..., None]).squeeze(-1)
-    return (logp * counted).sum(-1), counted.sum(-1)
+def answer_tokens(batch: dict[str, torch.Tensor]) -> int:
+    """The answer tokens an encode_qa batch's mean NLL averages over."""
+    return int((batch["labels"][:, 1:] != -100).sum())
+
+
+def token_nll(model: Transformer, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """Teacher-forced: the NLL of every labelled token of an encode_qa batch, (B, T-1) in float32 (0 where
+    not counted: the prompt and padding), and the mask of counted tokens. Token t+1 is predicted from
+    position t. Every loss and every answer score of pmc_min is a sum of these."""
+    return next_token_nll(model(batch["input_ids"], batch["attention_mask"]), batch["labels"])
+
+
+def answer_nll(model: Transformer, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """(summed NLL of each row's answer tokens, their number), one per row of an encode_qa batch."""
+    nll, counted = token_nll(model, batch)
+    return nll.sum(-1), counted.sum(-1)
 
 
 @torch.no_grad()
-def answer_logprobs(model: Transformer, tokenizer: Tokenizer, questions: list[str], answers: list[str],
-                    max_length: int, batch_size: int) -> torch.Tensor:
-    """log p(answer | question), teacher-forced, for each pair: the answer's tokens as trained
-    (target and end token), summed. NPO's reference, and PMC's log p(y0 | q)."""
-    out = []
+def score_answers(model: Transformer, tokenizer: Tokenizer, questions: list[str], answers: list[str],
+                  max_length: int, batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
+    """The teacher-forced scorer: for each (question, answer), the summed NLL of the answer's tokens as
+    trained (the target and its end token; float64) and their number. PMC's log p(y0 | q), NPO's
+    reference, TOFU's answer probabilities, fluency and the least-likely-option attack are all read
+    from it. The model's mode is restored."""
+    was_training = model.training
+    model.eval()
+    sums, counts = [], []
     with autocast(model.device):
         for i in range(0, len(questions), batch_size):
             batch = encode_qa(tokenizer, questions[i:i + batch_size], answers[i:i + batch_size], max_length,
                               model.device)
-            out.append(sequence_logprob(model, batch)[0].float())
-    return torch.cat(out)
+            total, count = answer_nll(model, batch)
+            sums.append(total.double().cpu())
+            counts.append(count.cpu())
+    model.train(was_training)
+    return torch.cat(sums).numpy(), torch.cat(counts).numpy()
+
+
+def answer_logprobs(model: Transformer, tokenizer: Tokenizer, questions: list[str], answers: list[str],
+                    max_length: int, batch_size: int) -> list[float]:
+    """log p(answer | question), teacher-forced, for each pair (NPO's reference, PMC's log p(y0 | q))."""
+    return (-score_answers(model, tokenizer, questions, answers, max_length, batch_size)[0]).tolist()
 
 
 def complete(model: Transformer, tokenizer: Tokenizer, prompts: list[list[int]], *, n: int, max_length: int,

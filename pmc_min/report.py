@@ -1,29 +1,11 @@
-"""What a run reports: results.json (valid JSON), the markdown table it prints,
-and its figures (with the optional matplotlib)."""
+"""What a run reports: the markdown table it prints, and its figures (with the
+optional matplotlib). results.json itself is written by `files.write_json`."""
 
 from __future__ import annotations
 
-import json
-import math
 from pathlib import Path
 
 from .evaluate import SPLITS
-from .resume import atomic_write_text
-
-
-def finite(value):
-    """value with every NaN or infinity replaced by None, so that results.json is valid JSON."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [finite(v) for v in value]
-    return value
-
-
-def write_json(path: Path, value, indent: int | None = None) -> None:
-    atomic_write_text(path, json.dumps(finite(value), indent=indent, allow_nan=False, default=str) + "\n")
 
 
 def markdown_table(before: dict, after: dict) -> str:

@@ -29,59 +29,39 @@ import torch
 from . import distributed
 from .checkpoint import load, save
 from .errors import UserError
-from .pmc import BestSoFar
+from .files import atomic_write_text, fsync_path
 from .train import TrainingState
 
 
-def fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+def split_method_state(method: dict) -> tuple[dict, dict]:
+    """(plain values for state.json, tensors for trainer.pt) of a method's state."""
+    tensors = {k: v for k, v in method.items() if isinstance(v, torch.Tensor)}
+    return {k: v for k, v in method.items() if k not in tensors}, tensors
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write, fsync, rename: readers see the old file or the new one, never half."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    fsync_path(tmp)
-    os.replace(tmp, path)
-    fsync_path(path.parent)
-
-
-def _json_state(state: TrainingState) -> dict:
-    return {"epoch": state.epoch, "step": state.step, "curves": state.curves, "y0": state.y0,
-            "rng": [state.rng[0], list(state.rng[1]), state.rng[2]],
-            "cache_answers": {str(k): v for k, v in state.cache.answers.items()},
-            "cache_scores": {str(k): v for k, v in state.cache.scores.items()}}
-
-
-def save_state(out: Path, model, tokenizer, state: TrainingState, keep: int = 1) -> Path:
+def save_state(out: Path, model, tokenizer, state: TrainingState, engine=None, keep: int = 1) -> Path:
     """Write epoch state.epoch's checkpoint atomically and point LATEST at it (under torchrun:
-    every rank calls this)."""
+    every rank calls this, with the engine whose sharded states it writes)."""
     root = Path(out) / "checkpoints"
     name = f"epoch-{state.epoch:04d}"
     tmp, final = root / f".tmp-{name}", root / name
-    engine = state.engine
     if distributed.main_rank():
         root.mkdir(parents=True, exist_ok=True)
         if tmp.exists():
             shutil.rmtree(tmp)
         tmp.mkdir()
-    if engine is not None:
-        import torch.distributed.checkpoint as dcp
-        from torch.distributed.checkpoint.state_dict import get_state_dict
+    if engine is not None and engine.wrapped:
         distributed.barrier()
-        weights, optimizer = get_state_dict(engine.module, engine.opt)
-        dcp.save({"model": weights, "optimizer": optimizer}, checkpoint_id=str(tmp / "sharded"))
+        engine.save_sharded(tmp / "sharded")
         distributed.barrier()
     if distributed.main_rank():
         save(model, tokenizer, tmp)
-        torch.save({"optimizer": state.optimizer, "scheduler": state.scheduler, "ref_logprob": state.ref_logprob},
+        plain, tensors = split_method_state(state.method)
+        torch.save({"optimizer": state.optimizer, "scheduler": state.scheduler, "method": tensors},
                    tmp / "trainer.pt")
-        (tmp / "state.json").write_text(json.dumps(_json_state(state)) + "\n")
+        (tmp / "state.json").write_text(json.dumps({
+            "epoch": state.epoch, "step": state.step, "curves": state.curves,
+            "rng": [state.rng[0], list(state.rng[1]), state.rng[2]], "method": plain}) + "\n")
         for f in tmp.rglob("*"):
             if f.is_file():
                 fsync_path(f)
@@ -96,17 +76,6 @@ def save_state(out: Path, model, tokenizer, state: TrainingState, keep: int = 1)
             shutil.rmtree(old)
     distributed.barrier()
     return final
-
-
-def load_sharded(folder: str, engine) -> None:
-    """Read a torchrun checkpoint's training weights and AdamW states into engine's module and
-    optimizer, resharded to this run's ranks."""
-    import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
-    weights, optimizer = get_state_dict(engine.module, engine.opt)
-    saved = {"model": weights, "optimizer": optimizer}
-    dcp.load(saved, checkpoint_id=folder)
-    set_state_dict(engine.module, engine.opt, model_state_dict=saved["model"], optim_state_dict=saved["optimizer"])
 
 
 def latest_state(out: Path) -> Path | None:
@@ -124,10 +93,9 @@ def load_state(path: Path, device="cpu"):
     model, tokenizer = load(path, device=device)
     saved = json.loads((Path(path) / "state.json").read_text())
     trainer = torch.load(Path(path) / "trainer.pt", map_location=device, weights_only=True)
-    state = TrainingState(epoch=saved["epoch"], step=saved["step"], curves=saved["curves"], y0=saved["y0"],
+    state = TrainingState(epoch=saved["epoch"], step=saved["step"], curves=saved["curves"],
                           rng=(saved["rng"][0], tuple(saved["rng"][1]), saved["rng"][2]),
-                          cache=BestSoFar({int(k): v for k, v in saved["cache_answers"].items()},
-                                          {int(k): v for k, v in saved["cache_scores"].items()}),
-                          sharded=str(Path(path) / "sharded") if (Path(path) / "sharded").is_dir() else None,
-                          **trainer)
+                          optimizer=trainer["optimizer"], scheduler=trainer["scheduler"],
+                          method={**saved["method"], **trainer["method"]},
+                          sharded=str(Path(path) / "sharded") if (Path(path) / "sharded").is_dir() else None)
     return model, tokenizer, state

@@ -15,42 +15,15 @@ prompt's samples depend on its seed only, not on its batch or position.
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
+import warnings
 
 import torch
 
 from . import rng
+from .config import Sampling, sampling_problems  # noqa: F401 (re-exported: the sampler's settings)
 from .kv_cache import clear_cache, setup_cache, share_prefix
 from .model import Transformer
 from .tokenizer import Tokenizer
-
-
-def sampling_problems(temperature: float, top_p: float, top_k: int | None) -> list[str]:
-    """What is wrong with these sampling settings, one phrase each (none: an empty list).
-    top_k 0 or None means no top-k, as in HF's generate."""
-    problems = []
-    if not (temperature > 0 and math.isfinite(temperature)):
-        problems.append(f"temperature must be a positive number, not {temperature}")
-    if not 0 < top_p <= 1:
-        problems.append(f"top_p must be in (0, 1], not {top_p}")
-    if top_k is not None and top_k < 0:
-        problems.append(f"top_k must not be negative (0 or None: no top-k), not {top_k}")
-    return problems
-
-
-@dataclass(frozen=True)
-class Sampling:
-    """How an answer is drawn: temperature, then top-k, then top-p, as HF's
-    warpers chain them (top_k None or 0: no top-k). It checks itself when made.
-    Where a function takes `sampling=None`, None means greedy decoding."""
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int | None = None
-
-    def __post_init__(self) -> None:
-        if problems := sampling_problems(self.temperature, self.top_p, self.top_k):
-            raise ValueError(f"Bad sampling setting: {'; '.join(problems)}.")
 
 
 def filter_logits(logits: torch.Tensor, sampling: Sampling) -> torch.Tensor:
@@ -204,9 +177,30 @@ def prompt_seeds(seed: int | list[int] | None, count: int) -> list[int]:
     return [rng.seed_of(seed, i) for i in range(count)]
 
 
+LEGACY_SAMPLING = ("temperature", "top_p", "top_k", "greedy")  # generate's keywords before `Sampling`
+
+
+def legacy_sampling(sampling: Sampling | None, old: dict, where: str) -> Sampling | None:
+    """The Sampling that the keywords of generate and generate_ids before `Sampling` ask for
+    (temperature=1.0, top_p=1.0, top_k=None, greedy=False), with a DeprecationWarning."""
+    unknown = sorted(set(old) - set(LEGACY_SAMPLING))
+    if unknown:
+        raise TypeError(f"{where}() got an unexpected keyword argument {unknown[0]!r}")
+    if not old:
+        return sampling
+    if sampling is not None:
+        raise TypeError(f"{where}() takes sampling=Sampling(...) or the deprecated {', '.join(old)}, not both.")
+    warnings.warn(f"{where}(temperature=, top_p=, top_k=, greedy=) is deprecated and will be removed; pass "
+                  f"sampling=pmc_min.Sampling(temperature, top_p, top_k), or sampling=None for greedy decoding.",
+                  DeprecationWarning, stacklevel=3)
+    if old.get("greedy"):
+        return None
+    return Sampling(old.get("temperature", 1.0), old.get("top_p", 1.0), old.get("top_k"))
+
+
 def generate_ids(model: Transformer, prompts: list[list[int]], *, n: int = 1, max_new_tokens: int = 200,
                  eos_id: int, pad_id: int, sampling: Sampling | None = None, seed: int | list[int] | None = None,
-                 max_batch_tokens: int = 1 << 16, compile: bool = False) -> list[list[list[int]]]:
+                 max_batch_tokens: int = 1 << 16, compile: bool = False, **deprecated) -> list[list[list[int]]]:
     """n completions (token ids, cut before eos) for each prompt; greedy (one each) without `sampling`.
 
     seed: one per prompt, or one for the call (prompt i then gets `rng.seed_of(seed, i)`),
@@ -215,6 +209,7 @@ def generate_ids(model: Transformer, prompts: list[list[int]], *, n: int = 1, ma
 
     Prompts are sorted by length (less padding) and cut into batches of at
     most max_batch_tokens cache slots (n rows of prompt + new tokens each)."""
+    sampling = legacy_sampling(sampling, deprecated, "generate_ids")
     if any(len(p) == 0 for p in prompts):
         raise ValueError("Every prompt needs at least one token.")
     problems = []
@@ -245,8 +240,9 @@ def generate_ids(model: Transformer, prompts: list[list[int]], *, n: int = 1, ma
 
 def generate(model: Transformer, tokenizer: Tokenizer, prompts: list[str], *, n: int = 1,
              max_new_tokens: int = 200, sampling: Sampling | None = None, seed: int | None = None,
-             max_batch_tokens: int = 1 << 16, compile: bool = False) -> list[list[str]]:
+             max_batch_tokens: int = 1 << 16, compile: bool = False, **deprecated) -> list[list[str]]:
     """n decoded answers for each prompt (one list per prompt); greedy without `sampling`."""
+    sampling = legacy_sampling(sampling, deprecated, "generate")
     ids = generate_ids(model, tokenizer.encode_batch(prompts), n=n, max_new_tokens=max_new_tokens,
                        eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id, sampling=sampling, seed=seed,
                        max_batch_tokens=max_batch_tokens, compile=compile)

@@ -32,12 +32,11 @@ precision reported.
 from __future__ import annotations
 
 import numpy as np
-import torch
 
 from .data import load_split
 from .errors import UserError
-from .model import Transformer, autocast, causal_lm_loss
-from .qa import encode_qa, generate_answers
+from .model import Transformer
+from .qa import generate_answers, score_answers
 from .rouge import rouge_l_recall
 from .stats import harmonic_mean, ks_2samp
 from .tokenizer import Tokenizer
@@ -62,19 +61,11 @@ def tofu_sets(data_dir, split: str) -> dict[str, list[dict]]:
     return sets
 
 
-@torch.no_grad()
 def avg_losses(model: Transformer, tokenizer: Tokenizer, questions: list[str], answers: list[str],
                max_length: int, batch_size: int = 32) -> np.ndarray:
     """avg_loss per (question, answer) pair: the mean NLL of the answer's labelled tokens."""
-    model.eval()
-    out = []
-    for i in range(0, len(questions), batch_size):
-        batch = encode_qa(tokenizer, questions[i:i + batch_size], answers[i:i + batch_size], max_length,
-                          model.device)
-        with autocast(model.device):
-            out.append(causal_lm_loss(model(batch["input_ids"], batch["attention_mask"]), batch["labels"],
-                                      reduction="none").double().cpu())
-    return torch.cat(out).numpy()
+    sums, counts = score_answers(model, tokenizer, questions, answers, max_length, batch_size)
+    return sums / np.maximum(counts, 1)
 
 
 def item_losses(model: Transformer, tokenizer: Tokenizer, rows: list[dict], max_length: int) -> dict[str, np.ndarray]:

@@ -4,12 +4,16 @@ itself in the exact HF layout, with a small byte-level BPE tokenizer."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
 TOFU = SHARED / "data" / "tofu"
 needs_tofu = pytest.mark.skipif(not TOFU.is_dir(), reason=f"TOFU files not found at {TOFU}")
 
@@ -87,3 +91,17 @@ def rouge_recall(reference: str, candidate: str) -> float:
     from rouge_score import rouge_scorer
 
     return rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True).score(reference, candidate)["rougeL"].recall
+
+
+def run_py(*args, env=None, timeout=300):
+    """run.py in a fresh process: (return code, stdout, stderr)."""
+    return subprocess.run([sys.executable, str(ROOT / "run.py"), *args], capture_output=True, text=True,
+                          cwd=ROOT, timeout=timeout, env={**os.environ, **(env or {})})
+
+
+def assert_clean_error(out, pattern):
+    """A run.py that ended in one sentence matching pattern, exit code 2, no traceback."""
+    import re
+    assert out.returncode == 2, out.stderr
+    assert out.stderr.startswith("error: ") and out.stderr.count("\n") == 1 and "Traceback" not in out.stderr
+    assert re.search(pattern, out.stderr), out.stderr

@@ -1,19 +1,12 @@
 """TOFU loading, the evaluation formulas, and run.py's behaviour on bad input."""
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 
 import pmc_min
 from pmc_min import evaluate as ev
 from pmc_min.data import load_split
-from helpers import TOFU, needs_tofu
-
-ROOT = Path(__file__).resolve().parents[1]
+from helpers import TOFU, needs_tofu, run_py
 
 
 def test_malformed_line_names_file_and_line(tmp_path):
@@ -64,11 +57,6 @@ def test_evaluate_scores_generations_against_the_ground_truth(monkeypatch):
     r, _ = ev.evaluate(None, None, sets)
     assert r["rouge_l_recall"]["forget"] == pytest.approx((1.0 + 0.0) / 2)
     assert r["unlearn_quality"] == pytest.approx(50.0) and r["utility"] == pytest.approx(50.0)
-
-
-def run_py(*args, env=None, timeout=300):
-    return subprocess.run([sys.executable, str(ROOT / "run.py"), *args], capture_output=True, text=True,
-                          cwd=ROOT, timeout=timeout, env={**os.environ, **(env or {})})
 
 
 def test_phi_1_5_without_weights_fails_with_one_sentence(tmp_path):

@@ -12,9 +12,7 @@ import torch
 import pmc_min
 from pmc_min import own_data, pipeline
 from pmc_min.qa import strip_tag
-from helpers import rouge_recall, write_hf_phi
-from test_data_eval import ROOT, run_py
-from test_reliability import assert_clean_error
+from helpers import ROOT, assert_clean_error, rouge_recall, run_py, write_hf_phi
 
 sys.path.insert(0, str(ROOT))
 import run  # noqa: E402

@@ -7,8 +7,7 @@ import json
 
 import pytest
 
-from helpers import TOFU, needs_tofu
-from test_data_eval import run_py
+from helpers import TOFU, needs_tofu, run_py
 from test_model import PHI_1_5_CONFIG
 
 

@@ -15,7 +15,7 @@ from pmc_min import pmc
 from pmc_min.train import UnlearnConfig, unlearn
 from helpers import rouge_recall, write_hf_phi
 from theory import curated, practice
-from test_data_eval import ROOT
+from helpers import ROOT
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,6 @@ run length and schedule, no clipping by default, SimNPO, the prefilling attack's
 placement, the Llama-3.2 chat template, and presets chosen from the checkpoint."""
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,10 +14,10 @@ from pmc_min import attacks, baselines, qa
 from pmc_min.qa import encode_qa, prompt
 from pmc_min.sample import Sampling
 from pmc_min.tokenizer import Tokenizer, chat_format
+from pmc_min.engine import Share
 from pmc_min.train import RunLength, UnlearnConfig, unlearn
 from helpers import byte_level_tokenizer, write_hf_phi
 
-ROOT = Path(__file__).resolve().parents[1]
 LLAMA_32_TEMPLATE = (Path(__file__).parent / "data" / "llama-3.2-3b-instruct.jinja").read_text()
 
 
@@ -64,7 +63,7 @@ def test_a_run_makes_the_authors_steps_on_hfs_linear_schedule(tmp_path):
     forget, retain = tiny_rows(100)
     ends = []
     cfg = UnlearnConfig(method="ga", epochs=3, batch_size=16, grad_accum=4, lr=1e-3, max_length=32)
-    curves = unlearn(model, tok, forget, retain, cfg, progress=False, on_epoch_end=lambda st: ends.append(
+    curves = unlearn(model, tok, forget, retain, cfg, progress=False, on_epoch_end=lambda st, engine: ends.append(
         (st.epoch, st.step, st.final)))
     assert curves["step"] == [1, 2, 3, 4] and curves["epoch"] == [1, 1, 2, 2]
     assert ends == [(1, 2, False), (2, 4, True)]
@@ -100,7 +99,8 @@ def test_simnpo_is_the_authors_formula(tmp_path):
     fb = encode_qa(tok, [r["question"] for r in forget], [r["answer"] for r in forget], 40)
     rb = encode_qa(tok, [r["question"] for r in retain], [r["answer"] for r in retain], 40)
     beta, gamma, lam = 2.5, 0.7, 1.5
-    loss, _ = baselines.simnpo_loss(model, fb, rb, lam, beta=beta, gamma=gamma)
+    cfg = UnlearnConfig(method="simnpo", simnpo_beta=beta, simnpo_gamma=gamma, lam=lam)
+    loss, _ = baselines.SimNPO(model, tok, forget, cfg).loss(model, Share.whole(fb), Share.whole(rb))
     with torch.no_grad():
         logits = hf(fb["input_ids"], attention_mask=fb["attention_mask"]).logits
         nll = F.cross_entropy(logits[:, :-1].transpose(1, 2), fb["labels"][:, 1:], reduction="none").sum(-1)
@@ -174,12 +174,11 @@ def test_llama_truncation_keeps_the_end_of_turn_token_last():
 
 
 def test_presets_follow_the_checkpoint_not_its_name(tmp_path):
-    sys.path.insert(0, str(ROOT))
-    import run
+    from pmc_min.settle import preset_of
 
     write_hf_phi(tmp_path / "base")
     write_hf_phi(tmp_path / "chat")
     (tmp_path / "chat" / "tokenizer_config.json").write_text(json.dumps({"chat_template": LLAMA_32_TEMPLATE}))
-    assert run.preset_of(tmp_path / "base") == "default"
-    assert run.preset_of(tmp_path / "chat") == "instruct"
+    assert preset_of(tmp_path / "base") == "default"
+    assert preset_of(tmp_path / "chat") == "instruct"
     assert chat_format(LLAMA_32_TEMPLATE) == {"style": "llama3", "system": None, "knowledge_cutoff": "December 2023"}

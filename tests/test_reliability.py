@@ -2,11 +2,9 @@
 checkpoint write, a non-finite loss, and one clear sentence per bad input."""
 
 import json
-import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -14,8 +12,7 @@ import pytest
 import pmc_min
 from pmc_min import resume as resume_mod
 from pmc_min.tiny_data import make_dataset
-from helpers import comparable, write_hf_phi
-from test_data_eval import ROOT, run_py
+from helpers import ROOT, assert_clean_error, comparable, run_py, write_hf_phi
 
 sys.path.insert(0, str(ROOT))
 import run  # noqa: E402
@@ -44,16 +41,11 @@ def uninterrupted(setup):
 
 def test_sigkill_mid_epoch_then_resume_equals_an_uninterrupted_run(setup, uninterrupted):
     out = setup / "killed"
-    proc = subprocess.Popen([sys.executable, str(ROOT / "run.py"), *args(setup, out)], cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    latest = out / "checkpoints" / "LATEST"
-    deadline = time.time() + 300
-    while not (latest.is_file() and latest.read_text().strip() == "epoch-0001"):
-        assert proc.poll() is None, proc.stderr.read().decode()
-        assert time.time() < deadline
-        time.sleep(0.02)
-    os.kill(proc.pid, signal.SIGKILL)  # now inside epoch 2
-    proc.wait()
+    # 3 optimizer steps an epoch: killed just before the second step of epoch 2, with epoch 1's checkpoint written
+    killed = subprocess.run([sys.executable, str(ROOT / "tests" / "killed_run.py"), "5", *args(setup, out)],
+                            cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    assert (out / "checkpoints" / "LATEST").read_text().strip() == "epoch-0001"
     assert not (out / "results.json").exists()
     resumed = run_py("--resume", str(out), "--no-progress")
     assert resumed.returncode == 0, resumed.stderr
@@ -105,13 +97,6 @@ def test_fresh_run_refuses_a_folder_with_checkpoints(setup):
 
 
 # One test per bad input: exit code 2, one sentence, no traceback.
-
-def assert_clean_error(out, pattern):
-    import re
-    assert out.returncode == 2, out.stderr
-    assert out.stderr.startswith("error: ") and out.stderr.count("\n") == 1 and "Traceback" not in out.stderr
-    assert re.search(pattern, out.stderr), out.stderr
-
 
 def test_unknown_model_name_lists_the_known_ones(tmp_path):
     assert_clean_error(run_py("--model", "phi-9", "--data-dir", str(tmp_path)),

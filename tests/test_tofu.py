@@ -173,7 +173,7 @@ def test_malformed_perturbed_answers_end_in_one_sentence(tmp_path):
 
 
 def test_run_py_eval_tofu_writes_what_recomputes_both_headline_numbers(tmp_path):
-    from test_data_eval import run_py
+    from helpers import run_py
     from pmc_min.tiny_data import make_dataset
 
     make_dataset(tmp_path / "data")

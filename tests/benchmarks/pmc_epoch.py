@@ -91,7 +91,7 @@ train.forget_nll = timed("forget_nll", train.forget_nll)
 stamps = []
 
 
-def on_epoch_end(state):
+def on_epoch_end(state, engine):
     sync()
     stamps.append((time.perf_counter(), dict(timings)))
 
