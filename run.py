@@ -1,8 +1,10 @@
 """Unlearn a TOFU forget split with PMC (or a baseline) and evaluate before and after.
 
     python run.py                                   # the embedded tiny default, minutes on a CPU
-    python run.py --model phi-1_5 --data-dir ../shared/data/tofu   # the paper's Phi-1.5 setting (GPU)
+    python run.py --model phi-1_5                   # the paper's Phi-1.5 setting (GPU; TOFU from the hub)
+    python run.py --model smollm2-135m --data-dir tofu   # a real model on a CPU, TOFU's files in ./tofu
 
+Every flag is described in docs/usage.md.
 Writes <out>/results.json (before/after unlearn quality, utility and ROUGE-L
 recall per split, the config, the training curves and the wall time),
 <out>/curves.png when matplotlib is installed, and the unlearned model in
@@ -85,7 +87,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--reference", choices=["retain"], help="instead of unlearning, train the retain-only reference "
                                                          "model and evaluate it the same way")
     p.add_argument("--forget-questions", metavar="FILE", help="unlearn your own data from its questions alone: one "
-                   "question a line (.txt) or JSON Lines with a question field (README, \"Your own data\")")
+                   "question a line (.txt) or JSON Lines with a question field (docs/own-data.md)")
     p.add_argument("--retain", metavar="FILE", help="with --forget-questions: QA pairs (JSON Lines with question and "
                    "answer) or questions only, which the model answers itself (default: the tiny default's retain "
                    "split)")

@@ -12,12 +12,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field, fields
 
+from . import distributed
 from .data import FORGET_SPLITS  # noqa: F401 (run.py's choices)
 from .errors import UserError
 
 METHODS = ("pmc", "ga", "gd", "idk", "npo", "simnpo")
 EVALS = ("tofu", "leakage", "prefill", "overunlearn", "mcq", "factleak")
-UPDATE_COUNTS = ("trainer", "deepspeed")
 
 
 def sampling_problems(temperature: float, top_p: float, top_k: int | None) -> list[str]:
@@ -99,6 +99,10 @@ class UnlearnConfig:
             problems.append(f"the learning rate must be positive, not {self.lr}")
         if problems:
             raise UserError(f"Bad hyperparameter: {'; '.join(problems)}.")
+        one_process = distributed.WORLD.size == 1 and not distributed.launched()
+        if self.fsdp and one_process:
+            raise UserError("--fsdp shards the model over torchrun's processes; start the run with "
+                            "torchrun --nproc-per-node N run.py ...")
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ import warnings
 import torch
 
 from . import rng
-from .config import Sampling, sampling_problems  # noqa: F401 (re-exported: the sampler's settings)
+from .config import Sampling  # noqa: F401 (re-exported: the sampler's settings)
 from .kv_cache import clear_cache, setup_cache, share_prefix
 from .model import Transformer
 from .tokenizer import Tokenizer

@@ -1,10 +1,10 @@
-"""The memory and time of a PMC run on 1 and 8 H100s, worked out on paper (README, "On many GPUs").
+"""The memory and time of a PMC run on 1 and 8 H100s, worked out on paper (docs/distributed.md).
 
     python tests/benchmarks/memory_table.py
 
 Nothing here is measured except the anchor of the time column: one compiled bf16 draw of
 16 questions x 5 answers x 200 tokens at Phi-1.5's size took 0.83 s on one H100
-(README, "Benchmarks"). Per rank, in GiB:
+(docs/benchmarks.md). Per rank, in GiB:
 
 - float32 master weights, gradients and AdamW's two moments: 4 + 4 + 8 bytes a parameter
   (FSDP2: a 1/N shard of each);

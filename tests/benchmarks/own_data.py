@@ -1,6 +1,6 @@
-"""Your own data on the embedded default (README, "Your own data"): 10 forget questions
+"""Your own data on the embedded default (docs/own-data.md): 10 forget questions
 as a plain text file, one from each forget10 author, unlearned with PMC from the
-questions alone; prints the README's table.
+questions alone; prints the table of docs/own-data.md.
 
     python tests/benchmarks/own_data.py [--out runs/own] [-- extra run.py flags]
 

@@ -193,7 +193,7 @@ def main() -> None:
 
 
 def table(result: dict) -> str:
-    """The means as the README's markdown table, method by method; * marks a configuration on its
+    """The means as the markdown table of docs/results-tiny.md, method by method; * marks a configuration on its
     method's front for ROUGE, and + on its front for facts forgotten."""
     rows = ["| method | lr | epochs | λ | τ | seeds | unlearn quality | utility | fact recall | front |",
             "|---|---|---|---|---|---|---|---|---|---|"]

@@ -10,9 +10,9 @@ decodes to text. A random model almost never writes
 eos, so nearly every sample runs the whole 200-token budget: an upper bound
 for a fine-tuned model, whose answers end after a few dozen tokens.
 
-    python tests/benchmarks/pmc_epoch.py --data-dir ../shared/data/tofu --device cuda
-    torchrun --nproc-per-node 1 tests/benchmarks/pmc_epoch.py --data-dir ../shared/data/tofu [--fsdp]
-    python tests/benchmarks/pmc_epoch.py --data-dir ../shared/data/tofu --layers 2 --limit 16   # CPU smoke run
+    python tests/benchmarks/pmc_epoch.py --data-dir tofu --device cuda
+    torchrun --nproc-per-node 1 tests/benchmarks/pmc_epoch.py --data-dir tofu [--fsdp]
+    python tests/benchmarks/pmc_epoch.py --data-dir tofu --layers 2 --limit 16   # CPU smoke run
 
 Under torchrun each rank draws and trains its share (pmc_min.distributed), rank 0 prints, and
 the peak GPU memory is each rank's.

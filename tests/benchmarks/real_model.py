@@ -2,9 +2,9 @@
 protocol (run.py's CPU_PROTOCOL: TOFU forget01, fine-tuned on a 10-author
 slice), all on the same cached fine-tuned model, with TOFU's metrics, the
 leakage and prefilling attacks and the fluency of the forget answers; prints
-the README's "On a real model" tables and the answers to 5 forget questions.
+the tables of docs/results-real.md and the answers to 5 forget questions.
 
-    python tests/benchmarks/real_model.py [--out runs/real] [--data-dir ../shared/data/tofu]
+    python tests/benchmarks/real_model.py [--out runs/real] [--data-dir tofu]
 
 Each row is one run.py command (printed); rows with a results.json are read,
 not rerun, so an interrupted sweep continues where it stopped.
@@ -27,7 +27,7 @@ RUNS = [("PMC", ["--method", "pmc", "--temperature", "1.25", "--lr", "1e-4"]),
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--out", default="runs/real")
-parser.add_argument("--data-dir", default=str(ROOT.parent / "shared" / "data" / "tofu"))
+parser.add_argument("--data-dir", help="TOFU's JSON Lines files (default: the hub dataset locuslab/TOFU)")
 parser.add_argument("--model", default="smollm2-135m")
 parser.add_argument("--only", nargs="*", help="run only these rows (names as in the table)")
 args = parser.parse_args()
@@ -35,8 +35,9 @@ args = parser.parse_args()
 rows = []
 for name, flags in RUNS:
     out = Path(args.out) / name.lower().replace(" ", "-").replace("=", "")
-    command = [sys.executable, "run.py", "--model", args.model, "--data-dir", args.data_dir, *flags,
-               "--eval", "tofu,leakage,prefill", "--out", str(out)]
+    data = ["--data-dir", args.data_dir] if args.data_dir else []
+    command = [sys.executable, "run.py", "--model", args.model, *data, *flags, "--eval", "tofu,leakage,prefill",
+               "--out", str(out)]
     if not (out / "results.json").is_file() and (args.only is None or name in args.only):
         print("$", shlex.join(command[1:]), flush=True)
         subprocess.run([*command, "--no-progress"], check=True, cwd=ROOT)

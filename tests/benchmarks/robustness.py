@@ -1,6 +1,6 @@
 """Every method on the embedded default with every evaluation (`--eval all`:
 TOFU's metrics and the robustness evaluations), and the retain-only
-reference; prints the README's two markdown tables and, with matplotlib,
+reference; prints the two markdown tables of docs/results-tiny.md and, with matplotlib,
 writes <out>/tofu.png (forget quality on a log scale against model utility).
 
     python tests/benchmarks/robustness.py [--out runs/robustness]

@@ -1,24 +1,23 @@
 """Pairs/s of pmc_min's ROUGE-L and rouge-score's on every forget10_perturbed
 (answer, perturbed answer) pair, stemming on; checks the scores are identical.
 
-    python tests/benchmarks/rouge.py [--data-dir ../shared/data/tofu]
+    python tests/benchmarks/rouge.py [--data-dir tofu]
 """
 
 import argparse
-import json
 import time
-from pathlib import Path
 
 from rouge_score import rouge_scorer
 
 from pmc_min import porter, rouge
+from pmc_min.data import load_split, resolve_data_dir
 
 parser = argparse.ArgumentParser()
-parser.add_argument("--data-dir", default=Path(__file__).resolve().parents[3] / "shared" / "data" / "tofu")
+parser.add_argument("--data-dir", help="TOFU's JSON Lines files (default: the hub dataset locuslab/TOFU)")
 parser.add_argument("--repeats", type=int, default=3)
 args = parser.parse_args()
 
-rows = [json.loads(line) for line in (Path(args.data_dir) / "forget10_perturbed.json").read_text().splitlines()]
+rows = load_split(resolve_data_dir(args.data_dir), "forget10_perturbed")
 pairs = [(r["answer"], p) for r in rows for p in r["perturbed_answer"]]
 
 

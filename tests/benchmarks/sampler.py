@@ -32,6 +32,7 @@ parser = argparse.ArgumentParser()
 parser.add_argument("--size", choices=SIZES, default="tiny")
 parser.add_argument("--model", choices=["smollm2-135m"], help="real weights instead of a random Phi: "
                     "SmolLM2-135M-Instruct on TOFU forget01 questions in its chat template, T 0.9 (PMC's CPU run)")
+parser.add_argument("--data-dir", help="with --model: TOFU's JSON Lines files (default: the hub dataset locuslab/TOFU)")
 parser.add_argument("--device", default="cpu")
 parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
 parser.add_argument("--prompts", type=int, default=16)
@@ -43,18 +44,15 @@ args = parser.parse_args()
 dtype = getattr(torch, args.dtype)
 
 if args.model:
-    import json
-    from pathlib import Path
-
     from transformers import LlamaForCausalLM
 
+    from pmc_min.data import load_split, resolve_data_dir
     from pmc_min.qa import prompt
 
     folder = pmc_min.checkpoint.resolve(args.model)
     ours, tokenizer = pmc_min.load(folder, device=args.device, dtype=dtype)
     hf = LlamaForCausalLM.from_pretrained(folder, torch_dtype=dtype).to(args.device).eval()
-    tofu = Path(__file__).resolve().parents[3] / "shared" / "data" / "tofu" / "forget01.json"
-    questions = [json.loads(line)["question"] for line in tofu.read_text().splitlines()][:args.prompts]
+    questions = [r["question"] for r in load_split(resolve_data_dir(args.data_dir), "forget01")][:args.prompts]
     prompts = [tokenizer.encode(prompt(q, tokenizer.chat)) for q in questions]
     vocab_size, eos, pad = ours.config.vocab_size, tokenizer.eos_id, tokenizer.pad_id
     label = f"{args.model} (real weights)"
