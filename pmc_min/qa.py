@@ -64,16 +64,24 @@ def strip_tag(generation: str) -> str:
 
 
 def encode_qa(tokenizer: Tokenizer, questions: list[str], answers: list[str], max_length: int,
-              device="cpu") -> dict[str, torch.Tensor]:
+              device="cpu", tag_in_prompt: bool = False) -> dict[str, torch.Tensor]:
     """A right-padded training batch: prompt + target + eos, tokenised as one
     text and cut to max_length; labels are -100 on the prompt (its own length
     in tokens, as the authors count it) and on padding. A chat model keeps its
-    end-of-turn token last when the text is cut, as the authors' encoding does."""
+    end-of-turn token last when the text is cut, as the authors' encoding does.
+
+    tag_in_prompt: open-unlearning's placement for a base model (its `preprocess_chat_instance`
+    with the "Question: " / "\n" / "Answer: " tags): the prompt is "Question: q\nAnswer: ", the
+    answer follows it, and the labels count the answer's tokens and eos, not the tag's. Its
+    prompt is tokenised alone as theirs is, so where its trailing space fuses with the answer's
+    first word the label mask covers that token too, as in their answer losses."""
     rows, labels = [], []
     for q, a in zip(questions, answers):
-        text = prompt(q, tokenizer.chat)
+        text, answer = prompt(q, tokenizer.chat), target(a, tokenizer.chat)
+        if tag_in_prompt and tokenizer.chat is None:
+            text, answer = f"{text}{ANSWER_TAG} ", a
         p = tokenizer.encode(text)
-        ids = tokenizer.encode(text + target(a, tokenizer.chat)) + [tokenizer.eos_id]
+        ids = tokenizer.encode(text + answer) + [tokenizer.eos_id]
         lab = [-100] * len(p) + ids[len(p):]
         if len(ids) > max_length:
             ids, lab = ids[:max_length], lab[:max_length]
@@ -117,18 +125,19 @@ def answer_nll(model: Transformer, batch: dict) -> tuple[torch.Tensor, torch.Ten
 
 @torch.no_grad()
 def score_answers(model: Transformer, tokenizer: Tokenizer, questions: list[str], answers: list[str],
-                  max_length: int, batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
+                  max_length: int, batch_size: int = 32, tag_in_prompt: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """The teacher-forced scorer: for each (question, answer), the summed NLL of the answer's tokens as
     trained (the target and its end token; float64) and their number. PMC's log p(y0 | q), NPO's
     reference, TOFU's answer probabilities, fluency and the least-likely-option attack are all read
-    from it. The model's mode is restored."""
+    from it (TOFU's with open-unlearning's `tag_in_prompt`, see `encode_qa`). The model's mode is
+    restored."""
     was_training = model.training
     model.eval()
     sums, counts = [], []
     with autocast(model.device):
         for i in range(0, len(questions), batch_size):
             batch = encode_qa(tokenizer, questions[i:i + batch_size], answers[i:i + batch_size], max_length,
-                              model.device)
+                              model.device, tag_in_prompt)
             total, count = answer_nll(model, batch)
             sums.append(total.double().cpu())
             counts.append(count.cpu())

@@ -3,8 +3,10 @@ literature reports, computed as locuslab/tofu (`evaluate_util.py`,
 `aggregate_eval_stat.py`) and open-unlearning (`src/evals/metrics/`) do.
 
 Per item, avg_loss(a) is the mean NLL of the tokens of answer a given the
-question (the labelled "Answer: a" + eos tokens, as in training), and
-P(a) = exp(-avg_loss(a)). Four evaluation files:
+question, and P(a) = exp(-avg_loss(a)). The rows are encoded as open-unlearning
+encodes them: for a base model the "Answer: " tag ends the prompt, so only the
+answer's tokens and eos count (training counts the tag too, as the authors'
+code does). Four evaluation files:
 
     forget        <split>_perturbed      paraphrased_answer and 5 perturbed_answer
     retain        retain_perturbed       paraphrased_answer and 5 perturbed_answer
@@ -63,8 +65,9 @@ def tofu_sets(data_dir, split: str) -> dict[str, list[dict]]:
 
 def avg_losses(model: Transformer, tokenizer: Tokenizer, questions: list[str], answers: list[str],
                max_length: int, batch_size: int = 32) -> np.ndarray:
-    """avg_loss per (question, answer) pair: the mean NLL of the answer's labelled tokens."""
-    sums, counts = score_answers(model, tokenizer, questions, answers, max_length, batch_size)
+    """avg_loss per (question, answer) pair: the mean NLL of the answer's labelled tokens, encoded as
+    open-unlearning encodes them (a base model's "Answer: " tag ends the prompt: `qa.encode_qa`)."""
+    sums, counts = score_answers(model, tokenizer, questions, answers, max_length, batch_size, tag_in_prompt=True)
     return sums / np.maximum(counts, 1)
 
 

@@ -104,9 +104,21 @@ def test_headline_numbers_equal_tofus_aggregation_on_hand_made_losses():
     assert splits["forget"]["truth_ratio"] == pytest.approx(np.mean(np.minimum(tr, 1 / tr)))  # TOFU's forget statistic
 
 
-def test_answer_losses_equal_transformers(tmp_path):
-    """avg_loss as TOFU's evaluate_util computes it with a transformers model: prompt "Question: q\\n",
-    labels on "Answer: a" + eos, the summed token NLL divided by the number of labels."""
+def open_unlearning_row(hf_tok, question: str, answer: str) -> tuple[list[int], list[int]]:
+    """(input ids, labels) as open-unlearning's preprocess_chat_instance builds a base model's row
+    with its "Question: " / "\\n" / "Answer: " tags: the prompt, tags included, tokenised alone
+    and masked by its length; the answer after it; eos appended."""
+    wrapped = f"Question: {question}\nAnswer: "
+    ids = hf_tok(wrapped + answer, add_special_tokens=True)["input_ids"]
+    prompt = hf_tok(wrapped, add_special_tokens=True)["input_ids"]
+    if ids[-1] != hf_tok.eos_token_id:
+        ids = ids + [hf_tok.eos_token_id]
+    return ids, [-100] * len(prompt) + ids[len(prompt):]
+
+
+def test_answer_losses_equal_transformers_on_open_unlearnings_rows(tmp_path):
+    """avg_loss as open-unlearning's evaluator computes it with a transformers model: the summed
+    token NLL of the labelled tokens divided by their number, on its rows (the tag in the prompt)."""
     from transformers import PreTrainedTokenizerFast
 
     hf = write_hf_phi(tmp_path)
@@ -116,9 +128,8 @@ def test_answer_losses_equal_transformers(tmp_path):
     answers = ["The author was born in Taipei.", "Leadership.", "She writes in the genre of leadership, mostly."]
     ours = tofu.avg_losses(model, tok, questions, answers, max_length=64, batch_size=2)
     for q, a, loss in zip(questions, answers, ours):
-        n_prompt = len(hf_tok(f"Question: {q}\n")["input_ids"])
-        ids = hf_tok(f"Question: {q}\nAnswer: {a}")["input_ids"] + [hf_tok.eos_token_id]
-        labels = [-100] * n_prompt + ids[n_prompt:]
+        ids, labels = open_unlearning_row(hf_tok, q, a)
+        assert "Answer:" not in hf_tok.decode([t for t in labels if t != -100])  # the tag is not scored
         with torch.no_grad():
             expected = hf(torch.tensor([ids]), labels=torch.tensor([labels])).loss.item()
         assert loss == pytest.approx(expected, rel=1e-5)
