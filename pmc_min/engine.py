@@ -31,14 +31,27 @@ import torch
 from . import distributed
 from .checkpoint import build
 from .config import UnlearnConfig
-from .model import Transformer
+from .model import NORMS, Transformer
 from .qa import answer_tokens
 
 
+def decay_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """AdamW's parameter groups as HF's Trainer makes them (`Trainer.get_decay_parameter_names`):
+    weight decay on every weight matrix and embedding, none on biases and norm weights."""
+    spared = {id(p) for m in model.modules() for name, p in m.named_parameters(recurse=False)
+              if name == "bias" or isinstance(m, NORMS)}
+    params = list(model.parameters())  # tied weights once
+    return [{"params": [p for p in params if id(p) not in spared], "weight_decay": weight_decay},
+            {"params": [p for p in params if id(p) in spared], "weight_decay": 0.0}]
+
+
 def optimizer_and_schedule(model: torch.nn.Module, lr: float, weight_decay: float, total_steps: int,
-                           warmup_steps: int):
-    """AdamW; lr rises linearly over warmup_steps, then falls linearly to 0 (HF's linear schedule)."""
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+                           warmup_steps: int, decay_all: bool = False):
+    """AdamW, weight decay as HF's Trainer applies it (`decay_groups`; decay_all: on every parameter,
+    the tiny default's own recipe); lr rises linearly over warmup_steps, then falls linearly to 0
+    (HF's linear schedule)."""
+    groups = model.parameters() if decay_all else decay_groups(model, weight_decay)
+    opt = torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay)
 
     def factor(step: int) -> float:
         if step < warmup_steps:

@@ -188,6 +188,9 @@ class RMSNorm(nn.Module):
         return self.weight * (h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype)
 
 
+NORMS = (nn.LayerNorm, RMSNorm)  # the norm layers, whose weights HF's Trainer does not decay
+
+
 class LlamaBlock(nn.Module):
     """Llama's sequential pre-norm block: x + attn(norm(x)), then + mlp(norm(.))."""
 
@@ -334,4 +337,4 @@ def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor, reduction: str = 
     return nll.sum() / counted.sum().clamp(min=1)
 
 
-__all__ = ["Config", "ConfigError", "Transformer", "autocast", "causal_lm_loss", "next_token_nll"]
+__all__ = ["Config", "ConfigError", "NORMS", "Transformer", "autocast", "causal_lm_loss", "next_token_nll"]

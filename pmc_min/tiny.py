@@ -65,7 +65,7 @@ def train_until_known(model: Transformer, tokenizer: Tokenizer, rows: list[dict]
         return min(recall.values()) >= 0.97
 
     finetune(model, tokenizer, rows, epochs=max_epochs, lr=1e-3, batch_size=32, max_length=96, seed=seed,
-             max_grad_norm=1.0, desc=desc, progress=progress, on_epoch=known)
+             max_grad_norm=1.0, desc=desc, progress=progress, on_epoch=known, decay_all=True)
 
 
 def rows_of(data_dir: Path, names) -> list[dict]:

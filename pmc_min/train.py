@@ -82,16 +82,17 @@ def check_finite(loss: float, where: str) -> None:
 def finetune(model: Transformer, tokenizer: Tokenizer, rows: list[dict], *, epochs: int, lr: float, batch_size: int,
              max_length: int, weight_decay: float = 0.01, grad_accum: int = 1, seed: int = 0,
              max_grad_norm: float | None = None, desc: str = "fine-tune", progress: bool = True,
-             on_epoch=None) -> list[float]:
+             on_epoch=None, decay_all: bool = False) -> list[float]:
     """Plain supervised fine-tuning on QA pairs (TOFU's step before unlearning);
     returns the mean loss of each epoch. on_epoch(epoch) returning True stops early.
     Every epoch runs in full (for TOFU's 4,000 rows in batches of 16 x 2 or 8 x 2,
     as many steps as the authors' Trainer makes), warmup one epoch, no clipping
-    unless max_grad_norm is given."""
+    unless max_grad_norm is given, weight decay as HF's Trainer applies it (decay_all: on every
+    parameter)."""
     device, rng = model.device, random.Random(seed)
     micro = math.ceil(len(rows) / batch_size)
     total = epochs * math.ceil(micro / grad_accum)
-    opt, sched = optimizer_and_schedule(model, lr, weight_decay, total, math.ceil(micro / grad_accum))
+    opt, sched = optimizer_and_schedule(model, lr, weight_decay, total, math.ceil(micro / grad_accum), decay_all)
     model.train()
     losses = []
     bar = tqdm(total=total, desc=desc, disable=not progress, leave=False)

@@ -54,6 +54,25 @@ def hf_phi(seed: int = 0, **overrides):
     return model
 
 
+def hf_llama(seed=0, **overrides):
+    """A random transformers LlamaForCausalLM (GQA, llama3 rope scaling, tied embeddings; fp32, eval mode)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = dict(vocab_size=320, hidden_size=64, intermediate_size=112, num_hidden_layers=2, num_attention_heads=8,
+               num_key_value_heads=2, max_position_embeddings=256, rms_norm_eps=1e-5, tie_word_embeddings=True,
+               rope_theta=500000.0, bos_token_id=None, eos_token_id=0, pad_token_id=0,
+               rope_scaling={"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                             "original_max_position_embeddings": 16})
+    cfg.update(overrides)
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(LlamaConfig(**cfg)).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.add_(torch.randn_like(p) * 0.1)
+    return model
+
+
 def comparable(out: Path) -> dict:
     """A run's results.json without its wall times, to compare two runs."""
     results = json.loads((Path(out) / "results.json").read_text())

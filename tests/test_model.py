@@ -10,7 +10,7 @@ import pmc_min
 from pmc_min.checkpoint import config_from_hf
 from pmc_min.kv_cache import clear_cache, setup_cache
 from pmc_min.model import Transformer, causal_lm_loss
-from helpers import hf_phi, hf_positions, left_padded_batch, write_hf_phi
+from helpers import hf_llama, hf_phi, hf_positions, left_padded_batch, write_hf_phi
 
 CONFIGS = {
     "base": {},
@@ -234,24 +234,6 @@ def test_corrupt_safetensors_is_named(tmp_path):
 
 
 # Llama: RMSNorm, grouped-query attention, SwiGLU, llama3 rope scaling, tied embeddings.
-
-def hf_llama(seed=0, **overrides):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    cfg = dict(vocab_size=320, hidden_size=64, intermediate_size=112, num_hidden_layers=2, num_attention_heads=8,
-               num_key_value_heads=2, max_position_embeddings=256, rms_norm_eps=1e-5, tie_word_embeddings=True,
-               rope_theta=500000.0, bos_token_id=None, eos_token_id=0, pad_token_id=0,
-               rope_scaling={"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-                             "original_max_position_embeddings": 16})
-    cfg.update(overrides)
-    torch.manual_seed(seed)
-    model = LlamaForCausalLM(LlamaConfig(**cfg)).eval()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "norm" in name:
-                p.add_(torch.randn_like(p) * 0.1)
-    return model
-
 
 LLAMA_CONFIGS = {
     "gqa_llama3_tied": {},

@@ -91,6 +91,30 @@ def test_gradients_are_clipped_only_when_asked(tmp_path, monkeypatch):
     assert calls == [0.5, 0.5]
 
 
+@pytest.mark.parametrize("architecture", ["phi", "llama"])
+def test_weight_decay_spares_what_hfs_trainer_spares(tmp_path, architecture):
+    """transformers' Trainer.get_decay_parameter_names on the same model: decay on weights and
+    embeddings, none on biases and norm weights."""
+    from transformers import Trainer
+
+    from helpers import byte_level_tokenizer, hf_llama
+    from pmc_min.checkpoint import to_hf_name
+    from pmc_min.engine import decay_groups
+
+    hf = write_hf_phi(tmp_path, qk_layernorm=True) if architecture == "phi" else hf_llama(tie_word_embeddings=False)
+    if architecture == "llama":
+        hf.save_pretrained(tmp_path)
+        byte_level_tokenizer().save(str(tmp_path / "tokenizer.json"))
+    model, _ = pmc_min.load(tmp_path)
+    decayed, spared = decay_groups(model, 0.01)
+    assert (decayed["weight_decay"], spared["weight_decay"]) == (0.01, 0.0)
+    names = {id(p): to_hf_name(n, model.config.model_type) for n, p in model.named_parameters()}
+    expected = set(Trainer.get_decay_parameter_names(None, hf))
+    assert {names[id(p)] for p in decayed["params"]} == expected
+    assert {names[id(p)] for p in spared["params"]} == {n for n, _ in hf.named_parameters()} - expected
+    assert spared["params"]  # something is spared: biases and norms
+
+
 def test_simnpo_is_the_authors_formula(tmp_path):
     """unlearning_trainer.py: logsigmoid(beta * (NLL_sum / |y| - gamma)), NLL from transformers' logits."""
     hf = write_hf_phi(tmp_path)
