@@ -59,6 +59,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--min-len", type=int, help="length penalty below this many words (0 = off)")
     p.add_argument("--max-grad-norm", type=float, help="clip the gradient norm to this (default: no clipping, "
                                                        "as the authors)")
+    p.add_argument("--update-count", choices=["trainer", "deepspeed"], help="when AdamW updates: at HF Trainer's "
+                   "steps (default), or every --grad-accum micro-batches of the whole run, as the authors' DeepSpeed "
+                   "setup applied them (docs/authors.md)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--compile", action="store_true", help="PMC's sampling with its decode step compiled by "
                    "torch.compile: on a GPU a CUDA graph, compiled once per batch shape; on a CPU compiled twice, "

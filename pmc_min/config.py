@@ -18,6 +18,7 @@ from .errors import UserError
 
 METHODS = ("pmc", "ga", "gd", "idk", "npo", "simnpo")
 EVALS = ("tofu", "leakage", "prefill", "overunlearn", "mcq", "factleak")
+UPDATE_COUNTS = ("trainer", "deepspeed")
 
 
 def sampling_problems(temperature: float, top_p: float, top_k: int | None) -> list[str]:
@@ -68,6 +69,7 @@ class UnlearnConfig:
     sample_dtype: str | None = None  # PMC's sampling from a copy of the weights in this dtype (bfloat16 on a GPU)
     fsdp: bool = False  # under torchrun: FSDP2 shards weights, gradients and AdamW states per block (else DDP)
     max_grad_norm: float | None = None  # clip the gradient norm to this (None: no clipping, as the authors)
+    update_count: str = "trainer"  # when AdamW updates: at HF Trainer's steps, or "deepspeed" (train.updates_now)
     npo_beta: float = 0.1
     simnpo_beta: float = 2.5
     simnpo_gamma: float = 0.0
@@ -97,12 +99,17 @@ class UnlearnConfig:
             problems.append(f"the gradient clipping norm must be positive, not {self.max_grad_norm}")
         if not self.lr > 0:
             problems.append(f"the learning rate must be positive, not {self.lr}")
+        if self.update_count not in UPDATE_COUNTS:
+            problems.append(f"the update count must be one of {', '.join(UPDATE_COUNTS)}, not {self.update_count!r}")
         if problems:
             raise UserError(f"Bad hyperparameter: {'; '.join(problems)}.")
         one_process = distributed.WORLD.size == 1 and not distributed.launched()
         if self.fsdp and one_process:
             raise UserError("--fsdp shards the model over torchrun's processes; start the run with "
                             "torchrun --nproc-per-node N run.py ...")
+        if self.update_count == "deepspeed" and not one_process:
+            raise UserError("--update-count deepspeed runs in one process; under torchrun the updates fall at "
+                            "HF Trainer's steps.")
 
 
 @dataclass(frozen=True)

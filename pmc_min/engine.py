@@ -133,6 +133,15 @@ class Engine:
         optimizer_step(self.module, self.opt, self.sched, self.max_grad_norm)
         self.stale = self.fsdp
 
+    def gradients(self) -> list[torch.Tensor] | None:
+        """The gradients accumulated and not yet applied (None: none)."""
+        grads = [p.grad for p in self.module.parameters()]
+        return None if all(g is None for g in grads) else [g.detach().clone() for g in grads]
+
+    def set_gradients(self, grads: list[torch.Tensor] | None) -> None:
+        for p, g in zip(self.module.parameters(), grads or [], strict=bool(grads)):
+            p.grad = g.to(p.device)
+
     @property
     def lr(self) -> float:
         return self.sched.get_last_lr()[0]

@@ -1,10 +1,12 @@
 """Crash-safe training checkpoints, so a long run resumes where it stopped.
 
 After every epoch (or every k-th) the run writes `<out>/checkpoints/epoch-NNNN/`:
-the model in HF's layout, `trainer.pt` (optimizer and schedule states, NPO's
-reference log-probs; tensors and plain values only, read back with
-`torch.load(weights_only=True)`), and `state.json` (the epoch, the
-sampling-order RNG, PMC's y0 and best-so-far cache, the curves). Each
+the model in HF's layout, `trainer.pt` (optimizer and schedule states, the
+method's tensors such as NPO's reference log-probs, gradients carried over the
+epoch's end; tensors and plain values only, read back with
+`torch.load(weights_only=True)`), and `state.json` (the epoch and step, the
+sampling-order RNG, the method's plain state such as PMC's y0 and best-so-far
+cache, the curves). Each
 checkpoint is written under a temporary name, fsynced, and renamed into
 place; only then does `<out>/checkpoints/LATEST` (itself replaced
 atomically) point to it. A crash mid-write leaves the previous checkpoint
@@ -57,10 +59,10 @@ def save_state(out: Path, model, tokenizer, state: TrainingState, engine=None, k
     if distributed.main_rank():
         save(model, tokenizer, tmp)
         plain, tensors = split_method_state(state.method)
-        torch.save({"optimizer": state.optimizer, "scheduler": state.scheduler, "method": tensors},
-                   tmp / "trainer.pt")
+        torch.save({"optimizer": state.optimizer, "scheduler": state.scheduler, "method": tensors,
+                    "pending": state.pending}, tmp / "trainer.pt")
         (tmp / "state.json").write_text(json.dumps({
-            "epoch": state.epoch, "step": state.step, "curves": state.curves,
+            "epoch": state.epoch, "step": state.step, "micro": state.micro, "curves": state.curves,
             "rng": [state.rng[0], list(state.rng[1]), state.rng[2]], "method": plain}) + "\n")
         for f in tmp.rglob("*"):
             if f.is_file():
@@ -93,9 +95,9 @@ def load_state(path: Path, device="cpu"):
     model, tokenizer = load(path, device=device)
     saved = json.loads((Path(path) / "state.json").read_text())
     trainer = torch.load(Path(path) / "trainer.pt", map_location=device, weights_only=True)
-    state = TrainingState(epoch=saved["epoch"], step=saved["step"], curves=saved["curves"],
+    state = TrainingState(epoch=saved["epoch"], step=saved["step"], micro=saved["micro"], curves=saved["curves"],
                           rng=(saved["rng"][0], tuple(saved["rng"][1]), saved["rng"][2]),
                           optimizer=trainer["optimizer"], scheduler=trainer["scheduler"],
-                          method={**saved["method"], **trainer["method"]},
+                          method={**saved["method"], **trainer["method"]}, pending=trainer["pending"],
                           sharded=str(Path(path) / "sharded") if (Path(path) / "sharded").is_dir() else None)
     return model, tokenizer, state

@@ -70,6 +70,19 @@ def run_length(n_questions: int, cfg: UnlearnConfig) -> RunLength:
     return length
 
 
+def updates_now(cfg: UnlearnConfig, trainer_step: bool, micro_done: int) -> bool:
+    """Whether AdamW updates after this micro-batch. By default at every step of HF's Trainer:
+    every grad_accum micro-batches, and after an epoch's last, shorter group. With update_count
+    "deepspeed", every grad_accum micro-batches of the whole run, as the authors' pinned setup
+    applied them (accelerate 1.6.0 left the boundary to DeepSpeed 0.13.1's own counter, which
+    never resets at an epoch's end): gradients carry over epoch ends, the schedule still spans
+    the Trainer's max_steps, and the run stops where the Trainer stops (Phi on forget10: 223
+    updates in the Trainer's 250 steps; docs/authors.md)."""
+    if cfg.update_count == "deepspeed":
+        return micro_done % cfg.grad_accum == 0
+    return trainer_step
+
+
 class NonFiniteLoss(UserError):
     pass
 
@@ -142,7 +155,8 @@ class TrainingState:
     """Everything an unlearning run needs to continue after an epoch (`unlearn(resume=...)`),
     which resume.py writes to a checkpoint and reads back."""
     epoch: int = 0  # epochs done
-    step: int = 0  # optimizer steps done
+    step: int = 0  # optimizer steps done, as HF's Trainer counts them
+    micro: int = 0  # micro-batches done
     final: bool = False  # the run's last epoch is done
     optimizer: dict | None = None  # AdamW's state (under torchrun: sharded, in `sharded`)
     scheduler: dict | None = None
@@ -150,6 +164,7 @@ class TrainingState:
     curves: dict = field(default_factory=lambda: {k: [] for k in CURVES})
     method: dict = field(default_factory=dict)  # the method's own state: PMC's y0 and picks, NPO's reference
     sharded: str | None = None  # under torchrun: the folder of the sharded model and optimizer (resume.py)
+    pending: list[torch.Tensor] | None = None  # gradients carried over an epoch's end (update_count "deepspeed")
 
 
 def unlearn(model: Transformer, tokenizer: Tokenizer, forget_rows: list[dict], retain_rows: list[dict],
@@ -181,6 +196,7 @@ def unlearn(model: Transformer, tokenizer: Tokenizer, forget_rows: list[dict], r
             raise UserError("A run checkpointed under torchrun resumes under torchrun, and a run of one process in "
                             "one process; start --resume the way the run was started.")
         engine.load_state_dict({"optimizer": state.optimizer, "scheduler": state.scheduler}, state.sharded)
+        engine.set_gradients(state.pending)
     model.train()
     engine.module.train()
     bar = tqdm(total=length.max_steps, initial=state.step, desc=f"unlearn ({cfg.method})", disable=not progress)
@@ -207,9 +223,11 @@ def unlearn(model: Transformer, tokenizer: Tokenizer, forget_rows: list[dict], r
             check_finite(total, f"in unlearning epoch {epoch + 1}")
             engine.backward(loss, weight, cfg.grad_accum)
             curves.add(loss=total, **dict(zip(logs, parts)))
-            if (i + 1) % cfg.grad_accum == 0 or i + 1 == length.micro:
-                lr = engine.lr
+            state.micro += 1
+            trainer_step, lr = (i + 1) % cfg.grad_accum == 0 or i + 1 == length.micro, engine.lr
+            if updates_now(cfg, trainer_step, state.micro):
                 engine.step()
+            if trainer_step:
                 state.step += 1
                 curves.step(state.step, epoch + 1, lr)
                 bar.update()
@@ -220,7 +238,7 @@ def unlearn(model: Transformer, tokenizer: Tokenizer, forget_rows: list[dict], r
         state.epoch, state.final = epoch + 1, epoch + 1 == length.epochs
         optimizer = engine.state_dict()
         state.optimizer, state.scheduler = optimizer["optimizer"], optimizer["scheduler"]
-        state.rng, state.method = rng.getstate(), method.state_dict()
+        state.rng, state.method, state.pending = rng.getstate(), method.state_dict(), engine.gradients()
         if on_epoch_end is not None:
             on_epoch_end(state, engine)
     bar.close()

@@ -77,6 +77,77 @@ def test_a_run_makes_the_authors_steps_on_hfs_linear_schedule(tmp_path):
     assert curves["lr"] == pytest.approx(expected)
 
 
+def deepspeed_updates(n, batch, accum, epochs) -> list[int]:
+    """The micro-batches after which the authors' pinned setup updated: HF's Trainer walks its
+    micro-batches epoch by epoch until its step counter (a step every accum micro-batches and at an
+    epoch's end) reaches max_steps; DeepSpeed 0.13.1's engine updates when its own micro-step counter,
+    never reset, reaches a multiple of accum (`is_gradient_accumulation_boundary`)."""
+    max_steps, micro_per_epoch = epochs * n // (batch * accum), -(-n // batch)
+    trainer_steps, micro_steps, updates = 0, 0, []
+    while trainer_steps < max_steps:
+        for i in range(micro_per_epoch):
+            if trainer_steps == max_steps:
+                break
+            if (micro_steps + 1) % accum == 0:
+                updates.append(micro_steps + 1)
+            micro_steps += 1
+            trainer_steps += (i + 1) % accum == 0 or i + 1 == micro_per_epoch
+    return updates
+
+
+def test_phi_on_forget10_made_223_updates_under_the_authors_deepspeed():
+    assert len(deepspeed_updates(400, 16, 4, 40)) == 223
+    assert RunLength.of(400, 16, 4, 40).max_steps == 250
+
+
+def test_update_count_deepspeed_updates_where_deepspeed_did(tmp_path, monkeypatch):
+    from transformers import get_linear_schedule_with_warmup
+
+    write_hf_phi(tmp_path)
+    model, tok = pmc_min.load(tmp_path)
+    forget, retain = tiny_rows(100)
+    from pmc_min.engine import Engine
+
+    lrs, real_step = [], Engine.step
+    monkeypatch.setattr(Engine, "step", lambda engine: lrs.append(engine.lr) or real_step(engine))
+    cfg = UnlearnConfig(method="ga", epochs=3, batch_size=16, grad_accum=4, lr=1e-3, max_length=32,
+                        update_count="deepspeed")
+    curves = unlearn(model, tok, forget, retain, cfg, progress=False)
+    assert curves["step"] == [1, 2, 3, 4]  # the Trainer's steps: it stops where the Trainer stops
+    assert deepspeed_updates(100, 16, 4, 3) == [4, 8, 12]  # of the 14 micro-batches before it stops
+    opt = torch.optim.AdamW([torch.zeros(1, requires_grad=True)], lr=1e-3)
+    sched = get_linear_schedule_with_warmup(opt, num_warmup_steps=1, num_training_steps=4)
+    expected = []
+    for _ in range(3):  # DeepSpeed steps the Trainer's schedule once per update
+        expected.append(sched.get_last_lr()[0])
+        opt.step()
+        sched.step()
+    assert lrs == pytest.approx(expected)
+
+
+def test_gradients_carried_over_an_epochs_end_survive_a_resume(tmp_path):
+    from pmc_min.resume import load_state, save_state
+
+    write_hf_phi(tmp_path / "phi")
+    forget, retain = tiny_rows(10)
+    cfg = UnlearnConfig(method="ga", epochs=3, batch_size=4, grad_accum=2, lr=1e-3, max_length=32,
+                        update_count="deepspeed")
+    model, tok = pmc_min.load(tmp_path / "phi")
+    pending = []
+
+    def checkpoint(state, engine):
+        pending.append(state.pending is not None)
+        if state.epoch == 1:
+            save_state(tmp_path / "run", model, tok, state, engine)
+
+    unlearn(model, tok, forget, retain, cfg, progress=False, on_epoch_end=checkpoint)
+    assert pending[0]  # epoch 1: 3 micro-batches, an update after the 2nd only
+    resumed, tok, state = load_state(tmp_path / "run" / "checkpoints" / "epoch-0001")
+    unlearn(resumed, tok, forget, retain, cfg, progress=False, resume=state)
+    for a, b in zip(model.parameters(), resumed.parameters()):
+        assert torch.equal(a, b)
+
+
 def test_gradients_are_clipped_only_when_asked(tmp_path, monkeypatch):
     write_hf_phi(tmp_path)
     model, tok = pmc_min.load(tmp_path)
