@@ -318,9 +318,15 @@ def autocast(device: torch.device):
 
 def next_token_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The NLL of each token, (B, T-1) in float32, and the mask of those counted: token t+1 is
-    predicted from position t, and labels of -100 (prompt, padding) count for nothing (0)."""
-    logits, labels = logits[:, :-1].float(), labels[:, 1:]
-    return F.cross_entropy(logits.transpose(1, 2), labels, ignore_index=-100, reduction="none"), labels != -100
+    predicted from position t, and labels of -100 (prompt, padding) count for nothing (0).
+    The logits are read row-major as they lie, (B*T, V), with no sliced copy: on a 2-core CPU at a
+    49k vocabulary this is 3.6x faster than cross-entropy over the transposed (B, V, T) layout,
+    forward and backward, and 10x closer to a float64 reference (docs/benchmarks.md)."""
+    B, T, V = logits.shape
+    targets = F.pad(labels[:, 1:], (0, 1), value=-100)  # (B, T); the last position predicts nothing
+    nll = F.cross_entropy(logits.float().reshape(B * T, V), targets.reshape(B * T), ignore_index=-100,
+                          reduction="none")
+    return nll.view(B, T)[:, :-1], targets[:, :-1] != -100
 
 
 def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor, reduction: str = "mean",
