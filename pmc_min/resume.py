@@ -59,8 +59,7 @@ def save_state(out: Path, model, tokenizer, state: TrainingState, engine=None, k
     if distributed.main_rank():
         save(model, tokenizer, tmp)
         plain, tensors = split_method_state(state.method)
-        torch.save({"optimizer": state.optimizer, "scheduler": state.scheduler, "method": tensors,
-                    "pending": state.pending}, tmp / "trainer.pt")
+        torch.save({"engine": state.engine, "method": tensors, "pending": state.pending}, tmp / "trainer.pt")
         (tmp / "state.json").write_text(json.dumps({
             "epoch": state.epoch, "step": state.step, "micro": state.micro, "curves": state.curves,
             "rng": [state.rng[0], list(state.rng[1]), state.rng[2]], "method": plain}) + "\n")
@@ -97,7 +96,7 @@ def load_state(path: Path, device="cpu"):
     trainer = torch.load(Path(path) / "trainer.pt", map_location=device, weights_only=True)
     state = TrainingState(epoch=saved["epoch"], step=saved["step"], micro=saved["micro"], curves=saved["curves"],
                           rng=(saved["rng"][0], tuple(saved["rng"][1]), saved["rng"][2]),
-                          optimizer=trainer["optimizer"], scheduler=trainer["scheduler"],
+                          engine=trainer["engine"],
                           method={**saved["method"], **trainer["method"]}, pending=trainer["pending"],
                           sharded=str(Path(path) / "sharded") if (Path(path) / "sharded").is_dir() else None)
     return model, tokenizer, state

@@ -158,8 +158,7 @@ class TrainingState:
     step: int = 0  # optimizer steps done, as HF's Trainer counts them
     micro: int = 0  # micro-batches done
     final: bool = False  # the run's last epoch is done
-    optimizer: dict | None = None  # AdamW's state (under torchrun: sharded, in `sharded`)
-    scheduler: dict | None = None
+    engine: dict | None = None  # AdamW's and the schedule's states (under torchrun AdamW's is in `sharded`)
     rng: tuple | None = None  # the batch order's random.Random state
     curves: dict = field(default_factory=lambda: {k: [] for k in CURVES})
     method: dict = field(default_factory=dict)  # the method's own state: PMC's y0 and picks, NPO's reference
@@ -195,7 +194,7 @@ def unlearn(model: Transformer, tokenizer: Tokenizer, forget_rows: list[dict], r
         if engine.wrapped != bool(state.sharded):
             raise UserError("A run checkpointed under torchrun resumes under torchrun, and a run of one process in "
                             "one process; start --resume the way the run was started.")
-        engine.load_state_dict({"optimizer": state.optimizer, "scheduler": state.scheduler}, state.sharded)
+        engine.load_state_dict(state.engine, state.sharded)
         engine.set_gradients(state.pending)
     model.train()
     engine.module.train()
@@ -236,9 +235,8 @@ def unlearn(model: Transformer, tokenizer: Tokenizer, forget_rows: list[dict], r
         curves.epoch(epoch + 1, forget_nll(model, tokenizer, forget_rows, cfg.max_length), **method.monitor())
         model.train()
         state.epoch, state.final = epoch + 1, epoch + 1 == length.epochs
-        optimizer = engine.state_dict()
-        state.optimizer, state.scheduler = optimizer["optimizer"], optimizer["scheduler"]
-        state.rng, state.method, state.pending = rng.getstate(), method.state_dict(), engine.gradients()
+        state.engine, state.pending = engine.state_dict(), engine.gradients()
+        state.rng, state.method = rng.getstate(), method.state_dict()
         if on_epoch_end is not None:
             on_epoch_end(state, engine)
     bar.close()
