@@ -155,17 +155,19 @@ def complete(model: Transformer, tokenizer: Tokenizer, prompts: list[list[int]],
              sampling: Sampling | None = None, seed: int | None = None, max_batch_tokens: int = 1 << 16,
              compile: bool = False) -> list[list[str]]:
     """n decoded completions of each tokenised prompt (greedy, one, without `sampling`),
-    prompt + completion within max_length tokens, in eval mode (the model's mode is restored).
-    Under torchrun each rank completes every N-th prompt, with the seed it has in one process,
-    and every rank gets all completions."""
-    max_new = max(1, max_length - max(map(len, prompts)))
+    each prompt + its completion within max_length tokens: every prompt has its own budget, so a
+    long one never shortens the others' answers (docs/authors.md). In eval mode (the model's mode
+    is restored). Under torchrun each rank completes every N-th prompt, with the seed it has in
+    one process, and every rank gets all completions."""
+    budgets = [max(1, max_length - len(p)) for p in prompts]
     mine = distributed.share(len(prompts))
     seeds = prompt_seeds(seed, len(prompts)) if sampling is not None else None
     was_training = model.training
     model.eval()
-    ids = generate_ids(model, [prompts[i] for i in mine], n=n, max_new_tokens=max_new, eos_id=tokenizer.eos_id,
-                       pad_id=tokenizer.pad_id, sampling=sampling, seed=None if seeds is None else [seeds[i] for i in mine],
-                       max_batch_tokens=max_batch_tokens, compile=compile)
+    ids = generate_ids(model, [prompts[i] for i in mine], n=n, max_new_tokens=[budgets[i] for i in mine],
+                       eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id, sampling=sampling,
+                       seed=None if seeds is None else [seeds[i] for i in mine], max_batch_tokens=max_batch_tokens,
+                       compile=compile)
     model.train(was_training)
     return distributed.gather([tokenizer.decode_batch(per_prompt) for per_prompt in ids], len(prompts))
 

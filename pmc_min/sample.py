@@ -94,13 +94,13 @@ def round_up(x: int, step: int) -> int:
 
 
 @torch.inference_mode()
-def generate_batch(model: Transformer, prompts: list[list[int]], n: int, max_new_tokens: int, eos_id: int,
-                   pad_id: int, sampling: Sampling | None = None, seeds: list[int] | None = None,
-                   sync_every: int = 8,
-                   decode=None, static: bool | None = None) -> list[list[int]]:
+def generate_batch(model: Transformer, prompts: list[list[int]], n: int, max_new_tokens: int | list[int],
+                   eos_id: int, pad_id: int, sampling: Sampling | None = None, seeds: list[int] | None = None,
+                   sync_every: int = 8, decode=None, static: bool | None = None) -> list[list[int]]:
     """n completions for each prompt of one batch (rows prompt-major), each cut
-    before its first eos. Each prompt is prefilled once; its n sample rows then
-    share its cached keys and values, and start from copies of its last logits.
+    before its first eos and after its prompt's budget of new tokens (max_new_tokens:
+    one for all, or one per prompt). Each prompt is prefilled once; its n sample rows
+    then share its cached keys and values, and start from copies of its last logits.
 
     decode: the decode step (default: the model itself). static: fixed shapes and a
     cache kept from call to call, as a CUDA graph needs; the default is static for
@@ -108,17 +108,21 @@ def generate_batch(model: Transformer, prompts: list[list[int]], n: int, max_new
     (on a CPU, a compiled step takes that length as a dynamic shape)."""
     device = model.device
     real_rows = len(prompts) * n
+    budgets = max_new_tokens if isinstance(max_new_tokens, list) else [max_new_tokens] * len(prompts)
+    T = max(budgets)  # steps
     U, P = len(prompts), max(len(p) for p in prompts)
-    S = P + max_new_tokens
+    S = P + T
     if static is None:
         static = decode is not None and device.type == "cuda"
     if static:  # shapes rounded up, so that few are ever compiled
         prompts = prompts + [prompts[0]] * (round_up(U, 8) - U)  # rows whose output is dropped
+        budgets = budgets + [budgets[0]] * (len(prompts) - U)
         U, P = len(prompts), round_up(P, SHAPE_STEP)
-        S = round_up(P + max_new_tokens, SHAPE_STEP)
+        S = round_up(P + T, SHAPE_STEP)
     B = U * n
+    limit = torch.tensor(budgets, device=device).repeat_interleave(n)  # (B,): each row's budget
     if sampling is not None:  # rows prompt-major: prompt i's n samples are rows i*n .. i*n + n-1
-        u = torch.from_numpy(rng.uniforms(list(seeds) + [0] * (U - real_rows // n), n, max_new_tokens)).to(device)
+        u = torch.from_numpy(rng.uniforms(list(seeds) + [0] * (U - real_rows // n), n, T)).to(device)
     ids = torch.full((U, P), pad_id, dtype=torch.long)
     key_mask = torch.ones(U, S, dtype=torch.long)  # future slots may stay 1: causality hides them
     for b, p in enumerate(prompts):
@@ -132,16 +136,16 @@ def generate_batch(model: Transformer, prompts: list[list[int]], n: int, max_new
         if n > 1:
             share_prefix(model, n, P, keep=static)
             logits, key_mask = logits.repeat_interleave(n, dim=0), key_mask.repeat_interleave(n, dim=0)
-        out = torch.full((B, max_new_tokens), pad_id, dtype=torch.long, device=device)
+        out = torch.full((B, T), pad_id, dtype=torch.long, device=device)
         done = torch.zeros(B, dtype=torch.bool, device=device)
         pos = torch.tensor([P], device=device) if static else None  # a static step's slot, as data
         step = model if decode is None else decode
-        for t in range(max_new_tokens):
+        for t in range(T):
             token = pick_next(logits, sampling, None if sampling is None else u[:, t])
             token = token.masked_fill(done, pad_id)  # finished rows keep emitting pad
             out[:, t] = token
-            done |= token == eos_id
-            if t + 1 == max_new_tokens or ((t + 1) % sync_every == 0 and bool(done.all())):
+            done |= (token == eos_id) | (limit <= t + 1)
+            if t + 1 == T or ((t + 1) % sync_every == 0 and bool(done.all())):
                 break
             if static:  # the slot is data, so that one captured graph serves every step
                 logits = step(token[:, None], key_mask, pos, last_only=True)[:, -1]
@@ -150,7 +154,7 @@ def generate_batch(model: Transformer, prompts: list[list[int]], n: int, max_new
                 logits = step(token[:, None], key_mask, last_only=True, kv_len=P + t + 1)[:, -1]
     finally:
         clear_cache(model)
-    rows = out[:real_rows].tolist()
+    rows = [row[:budget] for row, budget in zip(out[:real_rows].tolist(), limit.tolist())]
     return [row[:row.index(eos_id)] if eos_id in row else row for row in rows]
 
 
@@ -198,10 +202,11 @@ def legacy_sampling(sampling: Sampling | None, old: dict, where: str) -> Samplin
     return Sampling(old.get("temperature", 1.0), old.get("top_p", 1.0), old.get("top_k"))
 
 
-def generate_ids(model: Transformer, prompts: list[list[int]], *, n: int = 1, max_new_tokens: int = 200,
+def generate_ids(model: Transformer, prompts: list[list[int]], *, n: int = 1, max_new_tokens: int | list[int] = 200,
                  eos_id: int, pad_id: int, sampling: Sampling | None = None, seed: int | list[int] | None = None,
                  max_batch_tokens: int = 1 << 16, compile: bool = False, **deprecated) -> list[list[list[int]]]:
     """n completions (token ids, cut before eos) for each prompt; greedy (one each) without `sampling`.
+    max_new_tokens: one budget for every prompt, or one per prompt.
 
     seed: one per prompt, or one for the call (prompt i then gets `rng.seed_of(seed, i)`),
     or None (a fresh one from torch's generator). A prompt's samples depend on its seed
@@ -212,11 +217,14 @@ def generate_ids(model: Transformer, prompts: list[list[int]], *, n: int = 1, ma
     sampling = legacy_sampling(sampling, deprecated, "generate_ids")
     if any(len(p) == 0 for p in prompts):
         raise ValueError("Every prompt needs at least one token.")
+    budgets = list(max_new_tokens) if isinstance(max_new_tokens, (list, tuple)) else [max_new_tokens] * len(prompts)
     problems = []
     if n < 1:
         problems.append(f"n must be at least 1, not {n}")
-    if max_new_tokens < 0:
-        problems.append(f"max_new_tokens must not be negative, not {max_new_tokens}")
+    if len(budgets) != len(prompts):
+        problems.append(f"{len(budgets)} budgets of new tokens for {len(prompts)} prompts")
+    if any(b < 0 for b in budgets):
+        problems.append(f"max_new_tokens must not be negative, not {min(budgets)}")
     if problems:
         raise ValueError(f"Bad sampling setting: {'; '.join(problems)}.")
     if sampling is None:
@@ -227,11 +235,16 @@ def generate_ids(model: Transformer, prompts: list[list[int]], *, n: int = 1, ma
     results: list[list[list[int]]] = [[] for _ in prompts]
     start = 0
     while start < len(order):
-        width = n * (len(prompts[order[start]]) + max_new_tokens)  # the longest prompt of a batch comes first
-        size = max(1, min(len(order) - start, max_batch_tokens // width))
+        size, width = 0, 0  # the batch's prompts and its cache slots per row
+        while start + size < len(order):
+            i = order[start + size]
+            width = max(width, len(prompts[order[start]]) + budgets[i])  # the longest prompt comes first
+            if size and n * width * (size + 1) > max_batch_tokens:
+                break
+            size += 1
         batch = order[start:start + size]
-        outs = generate_batch(model, [prompts[i] for i in batch], n, max_new_tokens, eos_id, pad_id, sampling,
-                              [seeds[i] for i in batch], decode=decode)
+        outs = generate_batch(model, [prompts[i] for i in batch], n, [budgets[i] for i in batch], eos_id, pad_id,
+                              sampling, [seeds[i] for i in batch], decode=decode)
         for j, i in enumerate(batch):
             results[i] = outs[j * n:(j + 1) * n]
         start += size

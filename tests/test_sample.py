@@ -55,6 +55,23 @@ def test_greedy_is_token_identical_to_transformers_with_early_eos(tiny):
     assert [g[0] for g in small] == expected
 
 
+def test_each_prompt_has_its_own_budget_of_new_tokens(tiny):
+    """Per-prompt budgets, in one batch and cut into small ones, equal transformers' generate on
+    each prompt alone with its own max_new_tokens; a long prompt shortens nobody else's answer."""
+    hf, model = tiny
+    eos, _ = early_eos_case(hf, 24)
+    budgets = [30 - len(p) for p in PROMPTS]  # prompt + answer within 30 tokens, each on its own
+    expected = [hf_greedy(hf, [p], b, eos_id=eos)[0] for p, b in zip(PROMPTS, budgets)]
+    assert len({len(e) for e in expected}) >= 3
+    for max_batch_tokens in (1 << 16, 40):
+        got = generate_ids(model, PROMPTS, max_new_tokens=budgets, eos_id=eos, pad_id=0,
+                           max_batch_tokens=max_batch_tokens)
+        assert [g[0] for g in got] == expected
+    sampled = generate_ids(model, PROMPTS, n=3, max_new_tokens=budgets, eos_id=-1, pad_id=0,
+                           sampling=Sampling(1.0), seed=5)
+    assert [[len(r) for r in rows] for rows in sampled] == [[b] * 3 for b in budgets]
+
+
 @given(vocab=st.integers(1, 300), temperature=st.floats(0.1, 3.0), top_k=st.one_of(st.none(), st.integers(1, 400)),
        top_p=st.floats(0.01, 1.0), seed=st.integers(0, 2**16), scale=st.sampled_from([0.1, 1.0, 10.0]))
 def test_filter_equals_transformers_warpers(vocab, temperature, top_k, top_p, seed, scale):
