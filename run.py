@@ -22,12 +22,12 @@ from pathlib import Path
 import torch
 
 import pmc_min
-from pmc_min import distributed
+from pmc_min import distributed, files
 from pmc_min.config import EVALS, FORGET_SPLITS, METHODS, UNLEARN_FLAGS, RunConfig
 from pmc_min.files import write_json
-from pmc_min.pipeline import (Evaluations, OwnDataEvaluations, Stopwatch, evaluate_before, finish_overunlearn,
-                              overunlearn_base, starting_point, train, write_results)
-from pmc_min.settle import check_device, settle
+from pmc_min.pipeline import (NO_SPACE, Evaluations, OwnDataEvaluations, Stopwatch, evaluate_before,
+                              finish_overunlearn, overunlearn_base, starting_point, stopped, train, write_results)
+from pmc_min.settle import check_device, settle, unlock
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -102,16 +102,19 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def run_config(args: argparse.Namespace) -> RunConfig:
-    """The command line as a RunConfig: what was given, and None for what the preset decides."""
+    """The command line as a RunConfig: what was given (paths made absolute, so that a run resumed
+    from another folder reads the same files), and None for what the preset decides."""
     given = vars(args)
-    return RunConfig(model=args.model, method=args.method, split=args.split, protocol=args.protocol,
-                     data_dir=args.data_dir, out=args.out, device=args.device, seed=args.seed,
+    path = lambda p: p and str(Path(p).expanduser().resolve())  # noqa: E731
+    folder_or_name = lambda name: path(name) if name and Path(name).expanduser().exists() else name  # noqa: E731
+    return RunConfig(model=folder_or_name(args.model), method=args.method, split=args.split, protocol=args.protocol,
+                     data_dir=path(args.data_dir), out=path(args.out), device=args.device, seed=args.seed,
                      evals=requested_evals(args.eval), eval_samples=args.eval_samples,
                      eval_temperature=args.eval_temperature, full_eval=args.full_eval, limit=args.limit,
                      save_every=args.save_every, finetune_epochs=args.finetune_epochs, reference=args.reference,
-                     reference_model=args.reference_model, probe_text=args.probe_text,
-                     forget_questions=args.forget_questions, retain=args.retain, forget_answers=args.forget_answers,
-                     resume=args.resume, progress=not args.no_progress,
+                     reference_model=folder_or_name(args.reference_model), probe_text=path(args.probe_text),
+                     forget_questions=path(args.forget_questions), retain=path(args.retain),
+                     forget_answers=path(args.forget_answers), progress=not args.no_progress,
                      unlearn_flags={k: given[k] for k in UNLEARN_FLAGS if k in given})
 
 
@@ -125,49 +128,81 @@ def requested_evals(text: str) -> list[str]:
     return names
 
 
+RESUME_FLAGS = ("--resume", "--no-progress")  # what --resume may come with: the run's settings are fixed
+
+
 def arguments(argv=None) -> tuple[RunConfig, list[str]]:
-    """The command line's settings; for --resume, the resumed run's."""
+    """The command line's settings; for --resume, the resumed run's, from its run.json, once every
+    input it pinned is checked unchanged."""
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
-    if args.resume:
-        out = Path(args.resume)
-        if not (out / "run.json").is_file():
-            raise pmc_min.UserError(f"{out} holds no run.json; --resume takes the --out folder of an earlier run.")
-        argv = json.loads((out / "run.json").read_text())["argv"]
-        no_progress = args.no_progress
-        args = parse_args(argv)
-        args.out, args.resume, args.no_progress = str(out), str(out), args.no_progress or no_progress
-    return run_config(args), argv
+    if not args.resume:
+        return run_config(args), argv
+    others = [t.split("=")[0] for t in argv if t.startswith("-") and t.split("=")[0] not in RESUME_FLAGS]
+    if others:
+        raise pmc_min.UserError(f"--resume continues a run with the settings it started with ({args.resume}/run.json); "
+                                f"leave out {', '.join(others)}.")
+    out = Path(args.resume).expanduser().resolve()
+    saved = read_run_file(out / "run.json")
+    files.check_pinned(saved["inputs"], out / "run.json")
+    cfg = RunConfig(**{**saved["config"], "out": str(out), "resume": str(out)})
+    cfg.progress = cfg.progress and not args.no_progress
+    return cfg, saved["argv"]
+
+
+def read_run_file(path: Path) -> dict:
+    if not path.is_file():
+        raise pmc_min.UserError(f"{path.parent} holds no run.json; --resume takes the --out folder of an earlier run.")
+    try:
+        saved = json.loads(path.read_text())
+        RunConfig(**saved["config"])
+        assert isinstance(saved["inputs"], dict) and isinstance(saved["argv"], list)
+    except (ValueError, KeyError, TypeError, AssertionError):
+        raise pmc_min.UserError(f"{path} is not a run file this version of pmc_min wrote (damaged, or from an older "
+                                f"version); start the run again with another --out.") from None
+    return saved
 
 
 def main(argv=None) -> int:
     """The whole pipeline. Under torchrun every rank runs it: rank 0 builds what is cached while
-    the others wait, generation and training are shared, and rank 0 alone writes and prints."""
+    the others wait, generation and training are shared, and rank 0 alone writes and prints.
+    Ctrl-C or a full disk end it in one sentence that says what is kept and how to continue."""
     clock = Stopwatch()
     cfg, argv = arguments(argv)
     check_device(cfg.device)
     cfg.device = distributed.init(cfg.device)
     if not distributed.main_rank():
         cfg.progress, sys.stdout = False, open(os.devnull, "w")
-    with distributed.rank_zero_first():
-        run = settle(cfg, argv)
-        model, tokenizer, state, before = starting_point(run)
-        evaluations = (OwnDataEvaluations if cfg.own_data else Evaluations)(run, tokenizer)
-    clock.lap("start")  # the model found or converted, fine-tuned (unless cached), the reference built if asked
-    if before is None:
-        before = evaluate_before(run, evaluations, model, tokenizer)
+    run = None
+    try:
+        with distributed.rank_zero_first():
+            run = settle(cfg, argv)
+            model, tokenizer, state, before = starting_point(run)
+            evaluations = (OwnDataEvaluations if cfg.own_data else Evaluations)(run, tokenizer)
+        clock.lap("start")  # the model found or converted, fine-tuned (unless cached), the reference built if asked
+        if before is None:
+            before = evaluate_before(run, evaluations, model, tokenizer)
+            if distributed.main_rank():
+                write_json(run.out / "before.json", before)
+            clock.lap("evaluate_before")
+        base_probs, base = overunlearn_base(run, evaluations, tokenizer, before)
+        model, tokenizer, curves = train(run, model, tokenizer, state, before)
+        clock.lap("unlearn")
+        run.log("Evaluating after unlearning ...")
+        after = evaluations(model, tokenizer, base_probs, before)
+        finish_overunlearn(after, before, base_probs, base)
+        clock.lap("evaluate_after")
         if distributed.main_rank():
-            write_json(run.out / "before.json", before)
-        clock.lap("evaluate_before")
-    base_probs, base = overunlearn_base(run, evaluations, tokenizer, before)
-    model, tokenizer, curves = train(run, model, tokenizer, state, before)
-    clock.lap("unlearn")
-    run.log("Evaluating after unlearning ...")
-    after = evaluations(model, tokenizer, base_probs, before)
-    finish_overunlearn(after, before, base_probs, base)
-    clock.lap("evaluate_after")
-    if distributed.main_rank():
-        write_results(run, model, tokenizer, before, after, curves, clock)
+            write_results(run, model, tokenizer, before, after, curves, clock)
+    except KeyboardInterrupt as e:
+        raise stopped(run, e, clock.start) from None
+    except OSError as e:
+        if e.errno not in NO_SPACE:
+            raise
+        raise stopped(run, e, clock.start) from None
+    finally:
+        if run is not None:
+            unlock(run.out)
     distributed.close()
     return 0
 
@@ -176,5 +211,8 @@ if __name__ == "__main__":
     try:
         sys.exit(main())
     except pmc_min.UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+        print(f"error: {e}" if e.exit_code == 2 else str(e), file=sys.stderr)
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:  # before the run began
+        print("Interrupted.", file=sys.stderr)
+        sys.exit(130)

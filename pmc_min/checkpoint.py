@@ -6,9 +6,11 @@ Weights are read with safetensors only; nothing is ever unpickled.
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import json
-from dataclasses import fields
 import os
+from dataclasses import fields
 import re
 import shutil
 from pathlib import Path
@@ -40,18 +42,24 @@ def cache_root() -> Path:
 def build_once(folder: Path, build) -> Path:
     """folder, made by build(tmp) the first time it is asked for: built in a temporary
     sibling folder, marked READY there, then renamed into place. A build that dies
-    leaves no folder that looks finished; the next call starts it over."""
+    leaves no folder that looks finished; the next call starts it over. Two processes
+    that ask at once take turns (a lock beside the folder): the second finds it built."""
     folder = Path(folder)
     if (folder / "READY").is_file():
         return folder
-    tmp = folder.with_name(f".tmp-{folder.name}")
-    for stale in (tmp, folder):
-        if stale.exists():
-            shutil.rmtree(stale)
-    tmp.mkdir(parents=True)
-    build(tmp)
-    (tmp / "READY").write_text("ok\n")
-    os.replace(tmp, folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with open(folder.with_name(f".{folder.name}.lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, or when a killed process ends
+        if (folder / "READY").is_file():
+            return folder
+        tmp = folder.with_name(f".tmp-{folder.name}")
+        for stale in (tmp, folder):
+            if stale.exists():
+                shutil.rmtree(stale)
+        tmp.mkdir(parents=True)
+        build(tmp)
+        (tmp / "READY").write_text("ok\n")
+        os.replace(tmp, folder)
     return folder
 
 
@@ -299,6 +307,22 @@ def load(name_or_path: str | Path, device="cpu", dtype=torch.float32) -> tuple[T
     return model, Tokenizer.from_folder(folder, eos_token_id=cfg.eos_token_id)
 
 
+def save_atomic(model: Transformer, tokenizer: Tokenizer, path: str | Path) -> None:
+    """`save` into a temporary sibling folder, renamed into place only when whole: a killed or
+    failed write leaves the previous folder (or none), never half of one."""
+    path = Path(path)
+    tmp = path.with_name(f".tmp-{path.name}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        save(model, tokenizer, tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if path.exists():
+        shutil.rmtree(path)
+    os.replace(tmp, path)
+
+
 def save(model: Transformer, tokenizer: Tokenizer, path: str | Path) -> None:
     """Write HF's layout, which both pmc_min.load and transformers' from_pretrained read."""
     path = Path(path)
@@ -308,7 +332,11 @@ def save(model: Transformer, tokenizer: Tokenizer, path: str | Path) -> None:
         if key == "lm_head.weight" and model.config.tie_word_embeddings:
             continue
         tensors[to_hf_name(key, model.config.model_type)] = t.detach().contiguous().cpu()
-    save_file(tensors, str(path / "model.safetensors"), metadata={"format": "pt"})
+    try:
+        save_file(tensors, str(path / "model.safetensors"), metadata={"format": "pt"})
+    except SafetensorError as e:  # a full disk included: raised as the OSError it is
+        code = errno.ENOSPC if "os error 28" in str(e) else errno.EIO
+        raise OSError(code, str(e), str(path / "model.safetensors")) from None
     cfg = config_to_hf(model.config) | {"torch_dtype": str(model.dtype).removeprefix("torch.")}
     (path / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
     tokenizer.save(path)

@@ -19,6 +19,7 @@ from .errors import UserError
 METHODS = ("pmc", "ga", "gd", "idk", "npo", "simnpo")
 EVALS = ("tofu", "leakage", "prefill", "overunlearn", "mcq", "factleak")
 UPDATE_COUNTS = ("trainer", "deepspeed")
+MAX_SAMPLES = 1000  # samples per question: a question's n samples are drawn in one batch
 
 
 def sampling_problems(temperature: float, top_p: float, top_k: int | None) -> list[str]:
@@ -85,16 +86,24 @@ class UnlearnConfig:
         if self.method not in METHODS:
             problems.append(f"method must be one of {', '.join(METHODS)}, not {self.method!r}")
         problems += sampling_problems(self.temperature, self.top_p, self.top_k)  # the rules Sampling checks
+        finite = ("lr", "weight_decay", "lam", "selection_temperature", "max_grad_norm", "npo_beta", "simnpo_beta",
+                  "simnpo_gamma")
+        problems += [f"{name} must be a finite number, not {getattr(self, name)}" for name in finite
+                     if getattr(self, name) is not None and not math.isfinite(getattr(self, name))]
+        if problems:
+            raise UserError(f"Bad hyperparameter: {'; '.join(problems)}.")
         if not self.selection_temperature >= 0:
             problems.append(f"the selection temperature must not be negative, not {self.selection_temperature}")
-        if self.n_samples < 1:
-            problems.append(f"n (samples per question) must be at least 1, not {self.n_samples}")
+        if not 1 <= self.n_samples <= MAX_SAMPLES:
+            problems.append(f"n (samples per question) must be from 1 to {MAX_SAMPLES}, not {self.n_samples}")
         if not self.lam >= 0:
             problems.append(f"lambda must not be negative, not {self.lam}")
         if self.sample_dtype not in (None, "float32", "bfloat16", "float16"):
             problems.append(f"sample dtype must be float32, bfloat16 or float16, not {self.sample_dtype!r}")
-        if self.epochs < 0 or self.batch_size < 1 or self.grad_accum < 1 or self.max_length < 2:
+        if self.epochs < 1 or self.batch_size < 1 or self.grad_accum < 1 or self.max_length < 2:
             problems.append("epochs, batch size, gradient accumulation and max length must be positive")
+        if not self.weight_decay >= 0:
+            problems.append(f"the weight decay must not be negative, not {self.weight_decay}")
         if self.max_grad_norm is not None and not self.max_grad_norm > 0:
             problems.append(f"the gradient clipping norm must be positive, not {self.max_grad_norm}")
         if not self.lr > 0:
@@ -209,6 +218,11 @@ class RunConfig:
         """The embedded model on its own data."""
         return self.model == "tiny" and not self.data_dir
 
+    def given(self) -> dict:
+        """The settings as given (the fields that `merged` does not settle): what run.json keeps
+        and --resume rebuilds a RunConfig from."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in SETTLED}
+
     def unlearn_config(self, preset: str) -> UnlearnConfig:
         """UnlearnConfig's defaults, then the preset's (and the protocol's), then the command line's; checked."""
         cfg = dict(preset_settings(preset, self.protocol)["unlearn"])
@@ -233,6 +247,7 @@ class RunConfig:
         self.eval_samples = self.eval_samples or settings["eval_samples"]
 
 
+SETTLED = ("preset", "unlearn", "finetune", "chat")
 UNLEARN_FLAGS = tuple(f.name for f in fields(UnlearnConfig) if f.name not in ("method", "seed"))
 
 __all__ = ["Sampling", "UnlearnConfig", "FinetuneConfig", "RunConfig", "PRESETS", "CPU_PROTOCOL", "METHODS", "EVALS",

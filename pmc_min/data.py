@@ -14,6 +14,7 @@ import json
 from pathlib import Path
 
 from .errors import UserError
+from .files import atomic_write_text, record_input
 
 HUB_DATASET = "locuslab/TOFU"
 FORGET_SPLITS = ("forget01", "forget05", "forget10")
@@ -25,7 +26,8 @@ def resolve_data_dir(data_dir: str | Path | None) -> Path:
     if data_dir is not None:
         path = Path(data_dir).expanduser()
         if not path.is_dir():
-            raise UserError(f"Data folder {path} does not exist; pass --data-dir with the TOFU JSON Lines files.")
+            what = "is a file, not a folder" if path.exists() else "does not exist"
+            raise UserError(f"Data folder {path} {what}; pass --data-dir with the TOFU JSON Lines files.")
         return path
     from huggingface_hub import snapshot_download
 
@@ -45,10 +47,10 @@ def wikitext_probe(n: int = 100, fetch=None) -> list[str]:
     lines skipped): the paper's unrelated text for the over-unlearning probe. Read through the
     hub's dataset viewer, 100 rows a request, and cached as one paragraph a line."""
     from .checkpoint import cache_root
-    from .files import atomic_write_text
 
     path = cache_root() / "probe" / f"wikitext-2-raw-v1-train-{n}.txt"
     if path.is_file():
+        record_input(path)
         return path.read_text(encoding="utf-8").splitlines()
     if fetch is None:
         from huggingface_hub import constants
@@ -80,6 +82,7 @@ def wikitext_probe(n: int = 100, fetch=None) -> list[str]:
         raise UserError(f"wikitext-2's train split gave only {len(paragraphs)} paragraphs, not {n}.")
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, "".join(p + "\n" for p in paragraphs))
+    record_input(path)
     return paragraphs
 
 
@@ -88,6 +91,7 @@ def load_split(data_dir: str | Path, name: str, required=("question", "answer"))
     path = Path(data_dir) / f"{name}.json"
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
+        record_input(path)
     except FileNotFoundError:
         raise UserError(f"{path} not found; the data folder must hold TOFU's {name}.json.") from None
     except (OSError, UnicodeDecodeError) as e:

@@ -1,14 +1,16 @@
-"""Files written so that a crash never leaves half of one: write, fsync, rename.
-
-Readers see the old file or the new one. results.json, run.json, the checkpoints'
-small files and every cache marker are written this way."""
+"""A run's files: written so that a crash never leaves half of one (write, fsync,
+rename: readers see the old file or the new one), and its inputs pinned by their
+content hashes so that a resumed run can tell whether they changed."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
 from pathlib import Path
+
+from .errors import UserError
 
 
 def fsync_path(path: Path) -> None:
@@ -43,3 +45,36 @@ def finite(value):
 def write_json(path: Path, value, indent: int | None = None) -> None:
     """value as valid JSON (NaN and infinities as null), written atomically."""
     atomic_write_text(path, json.dumps(finite(value), indent=indent, allow_nan=False, default=str) + "\n")
+
+
+# Every input file a run reads (TOFU's files, your own, the probe text, the checkpoint), in the order
+# read: run.json pins each one by its content hash, and --resume refuses a run whose inputs changed.
+INPUTS: dict[str, None] = {}
+
+
+def record_input(path) -> None:
+    INPUTS[str(Path(path).resolve())] = None
+
+
+def sha256(path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def pinned_inputs() -> dict[str, str]:
+    """{absolute path: sha256} of every input recorded so far."""
+    return {path: sha256(path) for path in INPUTS}
+
+
+def check_pinned(pinned: dict[str, str], run_file: Path) -> None:
+    """One sentence for the first input that vanished or changed since run_file pinned it."""
+    for path, digest in pinned.items():
+        if not Path(path).is_file():
+            raise UserError(f"{path}, an input of the run that {run_file} describes, no longer exists; --resume "
+                            f"continues a run only on the inputs it started with.")
+        if sha256(path) != digest:
+            raise UserError(f"{path} changed since the run that {run_file} describes started; --resume continues "
+                            f"a run only on the inputs it started with (start a new run with another --out).")

@@ -27,6 +27,7 @@ import numpy as np
 
 from .attacks import worst_case
 from .errors import UserError
+from .files import record_input
 from .qa import generate_answers, greedy_answers
 from .rouge import rouge_l_recall
 from .sample import Sampling
@@ -43,6 +44,7 @@ def read_rows(path: str | Path, what: str, fields=("question",)) -> list[dict]:
     path = Path(path).expanduser()
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
+        record_input(path)
     except FileNotFoundError:
         raise UserError(f"{what} file {path} does not exist.") from None
     except IsADirectoryError:

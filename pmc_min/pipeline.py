@@ -5,22 +5,23 @@ default merged) before any of them."""
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import time
 from dataclasses import asdict
 from pathlib import Path
 
-from . import attacks, checkpoint, distributed, own_data, report, tiny, tiny_data, tofu
+from . import attacks, checkpoint, distributed, own_data, report, tiny, tofu
 from .checkpoint import load as load_model
 from .data import load_split
-from .errors import UserError
+from .errors import Interrupted, NonFiniteLoss, UserError
 from .evaluate import evaluate, fluency_nll
 from .files import atomic_write_text, write_json
-from .resume import latest_state, load_state, save_state
+from .resume import damaged, latest_state, load_state, save_state
 from .sample import Sampling
 from .settle import Run
-from .train import NonFiniteLoss, TrainingState, finetune, unlearn
+from .train import TrainingState, finetune, unlearn
 
 
 class Stopwatch:
@@ -46,8 +47,12 @@ def starting_point(run: Run):
     latest = latest_state(run.out) if cfg.resume else None
     if latest is not None:
         model, tokenizer, state = load_state(latest, device=cfg.device)
+        try:
+            before = json.loads((run.out / "before.json").read_text())
+        except (OSError, ValueError) as e:
+            raise damaged(run.out / "before.json", e) from None
         print(f"Resuming from {latest} (epoch {state.epoch} of {cfg.unlearn.epochs}).")
-        return model, run.prompted(tokenizer), state, json.loads((run.out / "before.json").read_text())
+        return model, run.prompted(tokenizer), state, before
     folder = run.model_dir
     if cfg.finetune.epochs > 0:
         folder = run.finetuned_dir = finetuned(run, run.data.full_rows, "the model fine-tuned on TOFU")
@@ -208,8 +213,31 @@ def train(run: Run, model, tokenizer, state, before: dict):
                                          progress=cfg.progress, on_epoch_end=on_epoch_end, resume=state)
     except NonFiniteLoss as e:
         kept = latest_state(run.out)
-        raise UserError(f"{str(e)[:-1]}; " + (f"the last good checkpoint, {kept}, is kept (resume with "
-                                f"--resume {run.out})." if kept else "no checkpoint was written yet.")) from None
+        raise NonFiniteLoss(f"{str(e)[:-1]}; nothing non-finite was saved" + (
+            f", and the last good checkpoint, {kept}, is kept (--resume {run.out} retries from it)." if kept
+            else ", and no checkpoint was written yet.")) from None
+
+
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+def stopped(run: Run | None, error: BaseException, started: float) -> UserError:
+    """One sentence for a run that stopped on Ctrl-C or on a full disk: what is kept, and how to go on."""
+    if run is None:
+        what = "Interrupted" if isinstance(error, KeyboardInterrupt) else f"No space left on device ({error})"
+        return (Interrupted if isinstance(error, KeyboardInterrupt) else UserError)(
+            f"{what} before the run started; nothing of it was written.")
+    kept = latest_state(run.out) if (run.out / "checkpoints" / "LATEST").is_file() else None
+    results = run.out / "results.json"
+    parts = [f"the last complete checkpoint, {kept.name}"] if kept else []
+    if results.is_file() and results.stat().st_mtime >= started:
+        parts.append("results.json")
+    keeps = f"{' and '.join(parts)} {'is' if len(parts) == 1 else 'are'} kept" if parts else "no checkpoint is kept"
+    if isinstance(error, KeyboardInterrupt):
+        return Interrupted(f"Interrupted; {keeps}: continue with python run.py --resume {run.out}")
+    where = f" writing {error.filename}" if error.filename else ""
+    return UserError(f"No space left on device{where}; {keeps}: free some space, then continue with "
+                     f"python run.py --resume {run.out}")
 
 
 def finish_overunlearn(after: dict, before: dict, base_probs, base: str) -> None:
@@ -230,7 +258,6 @@ def write_results(run: Run, model, tokenizer, before: dict, after: dict, curves:
     """results.json, the plots and the model; `clock` holds the wall seconds of each stage (`stages`)
     and of the whole run (`total`)."""
     cfg, out = run.config, run.out
-    checkpoint.save(model, tokenizer, out / "model")
     results = {"method": "reference-retain" if cfg.reference else cfg.method, "model": cfg.model,
                "split": cfg.split, "data_dir": run.data_dir and str(run.data_dir),
                **({"forget_questions": cfg.forget_questions, "retain": cfg.retain,
@@ -241,7 +268,8 @@ def write_results(run: Run, model, tokenizer, before: dict, after: dict, curves:
                           "limit": cfg.limit, "full_eval": cfg.full_eval, "reference_model": cfg.reference_model},
                "before": before, "after": after, "wall_seconds": clock.total, "stage_seconds": clock.stages,
                "curves": curves}
-    write_json(out / "results.json", results, indent=1)
+    write_json(out / "results.json", results, indent=1)  # first: it is small, and it is what a run is for
+    checkpoint.save_atomic(model, tokenizer, out / "model")
     plotted = bool(curves) and report.plot_curves(curves, out / "curves.png")
     if "overunlearn" in after.get("robustness", {}):
         report.plot_overunlearn(after["robustness"]["overunlearn"], out / "overunlearn.png")
@@ -267,10 +295,8 @@ def robustness(model, tokenizer, run: Run, perturbed_rows: list[dict] | None, to
     if "mcq" in evals:
         out["mcq"] = attacks.mcq(model, tokenizer, perturbed_rows, cfg.unlearn.max_length)
     if "factleak" in evals:
-        rows = forget_rows
-        if (run.data_dir / "authors.json").is_file():  # the synthetic data knows every answer's facts
-            known = tiny_data.facts(run.data_dir)
-            rows = [{**r, "facts": known.get(r["question"])} for r in forget_rows]
+        known = run.data.facts or {}  # the synthetic data knows every answer's facts
+        rows = [{**r, "facts": known.get(r["question"])} for r in forget_rows]
         out["factleak"] = attacks.factleak(model, tokenizer, rows, **sampling)
     return out
 

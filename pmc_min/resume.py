@@ -57,16 +57,11 @@ def save_state(out: Path, model, tokenizer, state: TrainingState, engine=None, k
         engine.save_sharded(tmp / "sharded")
         distributed.barrier()
     if distributed.main_rank():
-        save(model, tokenizer, tmp)
-        plain, tensors = split_method_state(state.method)
-        torch.save({"engine": state.engine, "method": tensors, "pending": state.pending}, tmp / "trainer.pt")
-        (tmp / "state.json").write_text(json.dumps({
-            "epoch": state.epoch, "step": state.step, "micro": state.micro, "curves": state.curves,
-            "rng": [state.rng[0], list(state.rng[1]), state.rng[2]], "method": plain}) + "\n")
-        for f in tmp.rglob("*"):
-            if f.is_file():
-                fsync_path(f)
-        fsync_path(tmp)
+        try:
+            write_checkpoint(tmp, model, tokenizer, state)
+        except BaseException:  # a full disk, Ctrl-C: the previous checkpoint stays in force, and its space free
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
@@ -79,24 +74,72 @@ def save_state(out: Path, model, tokenizer, state: TrainingState, engine=None, k
     return final
 
 
+def write_checkpoint(tmp: Path, model, tokenizer, state: TrainingState) -> None:
+    """The checkpoint's files, fsynced, in the temporary folder that save_state renames."""
+    save(model, tokenizer, tmp)
+    plain, tensors = split_method_state(state.method)
+    torch_save({"engine": state.engine, "method": tensors, "pending": state.pending}, tmp / "trainer.pt")
+    (tmp / "state.json").write_text(json.dumps({
+        "epoch": state.epoch, "step": state.step, "micro": state.micro, "curves": state.curves,
+        "rng": [state.rng[0], list(state.rng[1]), state.rng[2]], "method": plain}) + "\n")
+    for f in tmp.rglob("*"):
+        if f.is_file():
+            fsync_path(f)
+    fsync_path(tmp)
+
+
+def torch_save(value, path: Path) -> None:
+    """torch.save, with a failed write (a full disk) raised as the OSError it is, not as the
+    RuntimeError that torch's zip writer makes of it."""
+    with open(path, "wb") as f:
+        try:
+            torch.save(value, f)
+        except RuntimeError as e:
+            if isinstance(e.__context__, OSError):
+                raise e.__context__ from None
+            raise
+
+
 def latest_state(out: Path) -> Path | None:
-    pointer = Path(out) / "checkpoints" / "LATEST"
+    """The checkpoint LATEST names (None: no checkpoint was written); one sentence when LATEST
+    is damaged or names a checkpoint that is not there."""
+    root = Path(out) / "checkpoints"
+    pointer = root / "LATEST"
     if not pointer.is_file():
+        if any(root.glob("epoch-*")):
+            raise UserError(f"{pointer} is missing, though {root} holds checkpoints; write the name of the one "
+                            f"to resume from into it (e.g. {sorted(root.glob('epoch-*'))[-1].name}).")
         return None
-    path = pointer.parent / pointer.read_text().strip()
-    if not (path / "state.json").is_file():
-        raise UserError(f"{pointer} names {path.name}, which is incomplete; delete {pointer} to start over.")
+    name = pointer.read_text(errors="replace").strip()
+    path = root / name
+    if not name.startswith("epoch-") or not path.is_dir():
+        raise UserError(f"{pointer} names {name!r}, which is not a checkpoint in {root}; write the name of one "
+                        f"into it, or delete {root} to start the run over.")
     return path
 
 
 def load_state(path: Path, device="cpu"):
-    """(model, tokenizer, TrainingState) to pass to train.unlearn(resume=state)."""
+    """(model, tokenizer, TrainingState) to pass to train.unlearn(resume=state); one sentence
+    naming the file when one of the checkpoint's is missing or damaged."""
+    path = Path(path)
     model, tokenizer = load(path, device=device)
-    saved = json.loads((Path(path) / "state.json").read_text())
-    trainer = torch.load(Path(path) / "trainer.pt", map_location=device, weights_only=True)
-    state = TrainingState(epoch=saved["epoch"], step=saved["step"], micro=saved["micro"], curves=saved["curves"],
-                          rng=(saved["rng"][0], tuple(saved["rng"][1]), saved["rng"][2]),
-                          engine=trainer["engine"],
-                          method={**saved["method"], **trainer["method"]}, pending=trainer["pending"],
-                          sharded=str(Path(path) / "sharded") if (Path(path) / "sharded").is_dir() else None)
+    try:
+        saved = json.loads((path / "state.json").read_text())
+        state = TrainingState(epoch=saved["epoch"], step=saved["step"], micro=saved["micro"],
+                              curves=saved["curves"], rng=(saved["rng"][0], tuple(saved["rng"][1]), saved["rng"][2]),
+                              method=saved["method"])
+    except (OSError, ValueError, KeyError, TypeError, IndexError) as e:
+        raise damaged(path / "state.json", e) from None
+    try:
+        trainer = torch.load(path / "trainer.pt", map_location=device, weights_only=True)
+        state.engine, state.pending = trainer["engine"], trainer["pending"]
+        state.method = {**state.method, **trainer["method"]}
+    except Exception as e:  # torch.load raises many kinds on a truncated or foreign file
+        raise damaged(path / "trainer.pt", e) from None
+    state.sharded = str(path / "sharded") if (path / "sharded").is_dir() else None
     return model, tokenizer, state
+
+
+def damaged(path: Path, error: Exception) -> UserError:
+    what = "is missing" if isinstance(error, FileNotFoundError) else f"is damaged ({type(error).__name__})"
+    return UserError(f"{path} {what}, so the run cannot continue from it; start it again with another --out.")

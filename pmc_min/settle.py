@@ -5,21 +5,24 @@ read nothing else."""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from . import checkpoint, distributed, own_data, tiny, tofu
+from . import checkpoint, distributed, own_data, tiny, tiny_data, tofu
 from .checkpoint import load as load_model
-from .config import CPU_PROTOCOL, RunConfig, sampling_problems
+from .config import CPU_PROTOCOL, MAX_SAMPLES, RunConfig, sampling_problems
 from .data import RETAIN_OF, load_split, resolve_data_dir, wikitext_probe
 from .errors import UserError
 from .evaluate import eval_sets
-from .files import atomic_write_text
-from .tokenizer import chat_format
+from .files import INPUTS, pinned_inputs, record_input, write_json
+from .qa import prompt
+from .tokenizer import Tokenizer, chat_format
 from .train import run_length
 
 
@@ -32,6 +35,7 @@ class Data:
     full_rows: list[dict] | None = None  # TOFU fine-tuning before unlearning
     tofu_sets: dict | None = None  # TOFU's metrics (--eval tofu)
     probe: list[str] | None = None  # the over-unlearning probe's unrelated text
+    facts: dict | None = None  # the tiny data's facts of each answer (--eval factleak)
 
 
 @dataclass
@@ -80,6 +84,8 @@ def check_inputs(cfg: RunConfig) -> None:
         raise UserError(f"--probe-text {cfg.probe_text} does not exist.")
     if (cfg.finetune_epochs or 0) < 0 or cfg.save_every < 0 or (cfg.limit is not None and cfg.limit < 1):
         raise UserError("--finetune-epochs and --save-every must not be negative, --limit at least 1.")
+    if cfg.eval_samples is not None and not 1 <= cfg.eval_samples <= MAX_SAMPLES:
+        raise UserError(f"--eval-samples must be from 1 to {MAX_SAMPLES}, not {cfg.eval_samples}.")
     for given in (cfg.model, cfg.reference_model):
         if given and given != "tiny":
             checkpoint.check_name(given)
@@ -110,29 +116,79 @@ def check_own_data(cfg: RunConfig) -> None:
                         f"answers unlearning must keep; only the tiny default has a retain split of its own.")
 
 
-def output_folder(cfg: RunConfig) -> Path:
+def out_path(cfg: RunConfig) -> Path:
+    """--out, absolute (default: runs/<model>-<method>-<split or questions file>)."""
     name = Path(cfg.model).name if cfg.model not in checkpoint.ALIASES else cfg.model
     data = Path(cfg.forget_questions).stem if cfg.forget_questions else cfg.split
-    out = Path(cfg.out or f"runs/{name}-{cfg.method}-{data}")
-    if not cfg.resume and (out / "checkpoints").exists():
-        raise UserError(f"{out} holds the checkpoints of an earlier run; continue it with --resume {out} "
-                        f"or choose another --out.")
+    return Path(cfg.out or f"runs/{name}-{cfg.method}-{data}").expanduser().resolve()
+
+
+def output_folder(cfg: RunConfig) -> Path:
+    """The run's --out, created if need be and locked for this run alone (`lock`); the temporary
+    files of a write that was killed are removed."""
+    out = out_path(cfg)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise UserError(f"--out {out} cannot be created ({e.strerror}).") from None
     if not os.access(out, os.W_OK):
         raise UserError(f"--out {out} is not writable.")
+    lock(out)
+    for stale in [*out.glob(".tmp-*"), *out.glob(".*.tmp"), *(out / "checkpoints").glob(".tmp-*"),
+                  *(out / "checkpoints").glob(".*.tmp")]:
+        shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
+    if not cfg.resume and (out / "checkpoints" / "LATEST").exists():
+        raise UserError(f"{out} holds the checkpoints of an earlier run; continue it with --resume {out} "
+                        f"or choose another --out.")
+    cfg.out = str(out)
     return out
+
+
+LOCKS: dict[Path, object] = {}  # the open lock file of each --out this process writes to
+
+
+def lock(out: Path) -> None:
+    """One run per --out: an exclusive lock on <out>/.lock, held until the process ends (the
+    system releases it then, so a killed run leaves no stale lock). Under torchrun rank 0 holds it."""
+    if out in LOCKS or not distributed.main_rank():
+        return
+    handle = open(out / ".lock", "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise UserError(f"Another run is writing to {out}; wait for it to end, or choose another --out.") from None
+    LOCKS[out] = handle
+
+
+def unlock(out: Path) -> None:
+    handle = LOCKS.pop(Path(out), None)
+    if handle is not None:
+        handle.close()
 
 
 def settle(cfg: RunConfig, argv: list[str]) -> Run:
     """Check the inputs, then find the data and the model (a download or the tiny build
-    if need be), and merge the defaults: the preset follows what the checkpoint is."""
+    if need be), and merge the defaults: the preset follows what the checkpoint is. A start
+    that fails leaves no --out behind that it created."""
     check_inputs(cfg)
+    fresh = not out_path(cfg).exists()
     out = output_folder(cfg)
-    if cfg.own_data:
-        return settle_own_data(cfg, argv, out)
+    try:
+        run = settle_own_data(cfg, out) if cfg.own_data else settle_tofu(cfg, out)
+        check_lengths(run)
+        if not cfg.resume and distributed.main_rank():
+            write_run_file(cfg, argv, out)
+        return run
+    except BaseException:
+        unlock(out)
+        if fresh:
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+
+
+def settle_tofu(cfg: RunConfig, out: Path) -> Run:
+    """settle() for TOFU: its splits read and cut to the protocol."""
     finetunes = bool(cfg.finetune_epochs) if cfg.model == "tiny" else cfg.finetune_epochs != 0  # reads `full`
     if not cfg.tiny_default:
         data_dir = resolve_data_dir(cfg.data_dir)
@@ -146,11 +202,13 @@ def settle(cfg: RunConfig, argv: list[str]) -> Run:
         run_length(len(data.forget_rows), cfg.unlearn)  # too short for one optimizer step: fail now, not later
     if "overunlearn" in cfg.evals:
         data.probe = probe_texts(cfg, data_dir)
-    keep_argv(cfg, argv, out)
+    if "factleak" in cfg.evals and (data_dir / "authors.json").is_file():  # the synthetic data's own facts
+        record_input(data_dir / "authors.json")
+        data.facts = tiny_data.facts(data_dir)
     return Run(config=cfg, out=out, data_dir=data_dir, model_dir=model_dir, data=data)
 
 
-def settle_own_data(cfg: RunConfig, argv: list[str], out: Path) -> Run:
+def settle_own_data(cfg: RunConfig, out: Path) -> Run:
     """settle() for your own data: the questions and the retain data from the user's files
     (the tiny default's retain split without --retain); no fine-tuning, no TOFU."""
     questions = own_data.read_questions(cfg.forget_questions)
@@ -163,7 +221,6 @@ def settle_own_data(cfg: RunConfig, argv: list[str], out: Path) -> Run:
         questions, retain = questions[:cfg.limit], retain[:cfg.limit]
     cfg.merged("tiny" if cfg.model == "tiny" else preset_of(model_dir))
     run_length(len(questions), cfg.unlearn)
-    keep_argv(cfg, argv, out)
     return Run(config=cfg, out=out, data_dir=data_dir, model_dir=model_dir,
                data=Data(forget_rows=[{"question": q} for q in questions], retain_rows=retain, sets={}))
 
@@ -172,21 +229,62 @@ def model_folder(cfg: RunConfig) -> tuple[Path, Path | None]:
     """(the model's folder, the tiny default's data folder or None): the tiny build, or a
     checkpoint found, downloaded or converted, with its config checked."""
     if cfg.model == "tiny":
-        return tiny.build(device=cfg.device, progress=cfg.progress, log=print)
-    model_dir = checkpoint.resolve(cfg.model)
-    checkpoint.load_config(model_dir)
-    return model_dir, None
+        model_dir, data_dir = tiny.build(device=cfg.device, progress=cfg.progress, log=print)
+    else:
+        model_dir, data_dir = checkpoint.resolve(cfg.model), None
+        checkpoint.load_config(model_dir)
+    for f in sorted(Path(model_dir).iterdir()):
+        if f.suffix in (".json", ".safetensors"):
+            record_input(f)
+    return model_dir, data_dir
 
 
-def keep_argv(cfg: RunConfig, argv: list[str], out: Path) -> None:
-    """run.json: the command line that --resume repeats."""
-    if not cfg.resume and distributed.main_rank():
-        atomic_write_text(out / "run.json", json.dumps({"argv": argv}) + "\n")
+def check_lengths(run: Run) -> None:
+    """--max-length within what the model supports, and every question the model answers (forget,
+    evaluation, questions-only retain) short enough as prompted to leave room for an answer: else
+    one sentence that names the file and line of the longest. (Training rows are cut at max length,
+    as the authors cut them.)"""
+    cfg = run.config
+    limit = checkpoint.load_config(run.model_dir).max_position_embeddings
+    lengths = [("--max-length", cfg.unlearn.max_length)]
+    if run.data.full_rows is not None:  # TOFU's fine-tuning, at its own max length
+        lengths.append(("TOFU fine-tuning's max length", cfg.finetune.max_length))
+    for what, value in lengths:
+        if value > limit:
+            raise UserError(f"{what} {value} is more than the model supports ({limit} positions).")
+    tokenizer = run.prompted(Tokenizer.from_folder(run.model_dir))
+    answered = run.data.forget_rows + [r for r in run.data.retain_rows if "answer" not in r]  # the model answers
+    questions = {r["question"] for r in answered} | {q for qs, _ in run.data.sets.values() for q in qs}
+    questions = sorted(questions)
+    lengths = [len(ids) for ids in tokenizer.encode_batch([prompt(q, tokenizer.chat) for q in questions])]
+    longest = max(range(len(questions)), key=lengths.__getitem__)
+    if lengths[longest] >= cfg.unlearn.max_length:
+        where = line_of(questions[longest], run.model_dir)
+        raise UserError(f"{where}: the question is {lengths[longest]} tokens as prompted, which leaves no room for an "
+                        f"answer within --max-length {cfg.unlearn.max_length}; shorten it, or raise --max-length (the "
+                        f"model supports {limit}).")
+
+
+def line_of(question: str, model_dir: Path) -> str:
+    """"<file>, line <n>" of the first data file read that holds this question."""
+    for path in map(Path, INPUTS):
+        if path.parent != Path(model_dir).resolve():
+            for number, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+                if question in line or json.dumps(question)[1:-1] in line:
+                    return f"{path}, line {number}"
+    return "A question"
+
+
+def write_run_file(cfg: RunConfig, argv: list[str], out: Path) -> None:
+    """run.json: what --resume repeats (every setting as given, paths absolute) and every input
+    file's content hash, which --resume checks first."""
+    write_json(out / "run.json", {"argv": argv, "config": cfg.given(), "inputs": pinned_inputs()}, indent=1)
 
 
 def probe_texts(cfg: RunConfig, data_dir: Path) -> list[str]:
     """The unrelated text of the over-unlearning probe."""
     if cfg.probe_text:  # its existence was checked with the other inputs
+        record_input(cfg.probe_text)
         return [line for line in Path(cfg.probe_text).read_text(encoding="utf-8").splitlines() if line.strip()][:100]
     if (data_dir / "general.json").is_file():  # the tiny default's general-knowledge split
         return [f"{r['question']} {r['answer']}" for r in load_split(data_dir, "general")]

@@ -17,11 +17,12 @@ from dataclasses import asdict, dataclass, field
 import torch
 from tqdm import tqdm
 
+from . import distributed
 from .baselines import BASELINES
 from .config import METHODS, UnlearnConfig
 from .curves import CURVES, Curves
 from .engine import Engine, Share, optimizer_and_schedule, optimizer_step
-from .errors import UserError
+from .errors import NonFiniteLoss, UserError
 from .method import Method, nll
 from .model import Transformer, autocast
 from .pmc import PMC
@@ -83,13 +84,18 @@ def updates_now(cfg: UnlearnConfig, trainer_step: bool, micro_done: int) -> bool
     return trainer_step
 
 
-class NonFiniteLoss(UserError):
-    pass
-
-
 def check_finite(loss: float, where: str) -> None:
     if not math.isfinite(loss):
         raise NonFiniteLoss(f"The loss became {loss} {where}; lower the learning rate.")
+
+
+def check_weights(model: torch.nn.Module, where: str) -> None:
+    """After every optimizer step: a weight that became NaN or infinite ends the run before anything
+    is saved (under torchrun every rank checks its shards, and all stop together)."""
+    local = [p.to_local() if hasattr(p, "to_local") else p for p in model.parameters()]
+    bad = float(not torch.stack([torch.isfinite(t).all() for t in local]).all())
+    if distributed.all_sum([bad], local[0].device)[0]:
+        raise NonFiniteLoss(f"The weights became non-finite {where}; lower the learning rate.")
 
 
 def finetune(model: Transformer, tokenizer: Tokenizer, rows: list[dict], *, epochs: int, lr: float, batch_size: int,
@@ -122,6 +128,7 @@ def finetune(model: Transformer, tokenizer: Tokenizer, rows: list[dict], *, epoc
             epoch_loss += loss.item() / micro
             if (i + 1) % grad_accum == 0 or i + 1 == micro:
                 optimizer_step(model, opt, sched, max_grad_norm)
+                check_weights(model, f"in fine-tuning epoch {epoch + 1}")
                 bar.update()
                 bar.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.3f}")
         losses.append(epoch_loss)
@@ -226,6 +233,7 @@ def unlearn(model: Transformer, tokenizer: Tokenizer, forget_rows: list[dict], r
             trainer_step, lr = (i + 1) % cfg.grad_accum == 0 or i + 1 == length.micro, engine.lr
             if updates_now(cfg, trainer_step, state.micro):
                 engine.step()
+                check_weights(engine.module, f"in unlearning epoch {epoch + 1}")
             if trainer_step:
                 state.step += 1
                 curves.step(state.step, epoch + 1, lr)

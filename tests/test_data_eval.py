@@ -85,7 +85,7 @@ def test_overunlearn_probe_offline_fails_before_loading_the_model(tmp_path):
 
 @pytest.mark.parametrize("args, message", [
     (["--top-p", "1.5"], "top_p must be in (0, 1]"),
-    (["--n", "0"], "n (samples per question) must be at least 1"),
+    (["--n", "0"], "n (samples per question) must be from 1 to 1000"),
     (["--lambda", "-1"], "lambda must not be negative"),
 ])
 def test_bad_hyperparameters_fail_before_any_work(args, message, tmp_path):

@@ -71,7 +71,7 @@ def test_a_second_method_reuses_the_cached_fine_tuned_model_and_evaluation(tmp_p
     env = {**os.environ, "PMC_MIN_CACHE": str(tmp_path / "cache")}
     common = ["--model", str(tmp_path / "phi"), "--data-dir", str(tmp_path / "data"), "--limit", "4",
               "--finetune-epochs", "2",  # two: the first step's learning rate is 0 (warmup)
-              "--epochs", "1", "--batch-size", "4", "--n", "2", "--max-length", "40", "--save-every", "0",
+              "--epochs", "1", "--batch-size", "4", "--n", "2", "--max-length", "64", "--save-every", "0",
               "--no-progress"]
     results = {}
     for method in ("pmc", "ga"):

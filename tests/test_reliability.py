@@ -28,7 +28,7 @@ def setup(tmp_path_factory):
 
 def args(root, out, epochs=3, limit=15):
     return ["--model", str(root / "phi"), "--data-dir", str(root / "data"), "--finetune-epochs", "0",
-            "--epochs", str(epochs), "--batch-size", "5", "--grad-accum", "1", "--n", "2", "--max-length", "40",
+            "--epochs", str(epochs), "--batch-size", "5", "--grad-accum", "1", "--n", "2", "--max-length", "64",
             "--limit", str(limit), "--lr", "1e-3", "--no-progress", "--device", "cpu", "--out", str(out)]
 
 
@@ -41,8 +41,9 @@ def uninterrupted(setup):
 
 def test_sigkill_mid_epoch_then_resume_equals_an_uninterrupted_run(setup, uninterrupted):
     out = setup / "killed"
-    # 3 optimizer steps an epoch: killed just before the second step of epoch 2, with epoch 1's checkpoint written
-    killed = subprocess.run([sys.executable, str(ROOT / "tests" / "killed_run.py"), "5", *args(setup, out)],
+    # the CPU protocol's forget01 (10 questions) in batches of 5, 2 optimizer steps an epoch: killed just
+    # before the first step of epoch 2, with epoch 1's checkpoint written
+    killed = subprocess.run([sys.executable, str(ROOT / "tests" / "killed_run.py"), "3", *args(setup, out)],
                             cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
     assert (out / "checkpoints" / "LATEST").read_text().strip() == "epoch-0001"
@@ -85,8 +86,9 @@ def test_non_finite_loss_stops_with_a_clear_message_and_keeps_the_checkpoint(set
 
     monkeypatch.setattr(pmc, "pmc_loss", exploding)
     out = setup / "nan"
-    with pytest.raises(pmc_min.UserError, match=r"The loss became nan in unlearning epoch 2; lower the learning rate; the last good "
-                                                 r"checkpoint, .*epoch-0001, is kept \(resume with --resume"):
+    with pytest.raises(pmc_min.UserError, match=r"The loss became nan in unlearning epoch 2; lower the learning rate; "
+                                                 r"nothing non-finite was saved, and the last good checkpoint, "
+                                                 r".*epoch-0001, is kept \(--resume .* retries from it\)"):
         run.main(args(setup, out))
 
 
@@ -141,7 +143,8 @@ def test_config_missing_required_fields(setup, tmp_path):
 @pytest.mark.parametrize("flag, value, pattern", [
     ("--top-p", "0", r"Bad hyperparameter: top_p must be in \(0, 1\], not 0.0\."),
     ("--top-p", "1.01", r"Bad hyperparameter: top_p must be in \(0, 1\], not 1.01\."),
-    ("--n", "0", r"Bad hyperparameter: n \(samples per question\) must be at least 1, not 0\."),
+    ("--n", "0", r"Bad hyperparameter: n \(samples per question\) must be from 1 to 1000, not 0\."),
+    ("--n", "1000000", r"Bad hyperparameter: n \(samples per question\) must be from 1 to 1000, not 1000000\."),
     ("--lambda", "-0.5", r"Bad hyperparameter: lambda must not be negative, not -0.5\."),
     ("--temperature", "0", r"Bad hyperparameter: temperature must be a positive number, not 0.0\."),
     ("--temperature", "nan", r"Bad hyperparameter: temperature must be a positive number, not nan\."),

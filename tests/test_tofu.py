@@ -191,7 +191,7 @@ def test_run_py_eval_tofu_writes_what_recomputes_both_headline_numbers(tmp_path)
     write_hf_phi(tmp_path / "phi", seed=2)
     write_hf_phi(tmp_path / "ref", seed=3)
     common = ["--model", str(tmp_path / "phi"), "--data-dir", str(tmp_path / "data"), "--finetune-epochs", "0",
-              "--epochs", "1", "--batch-size", "5", "--grad-accum", "1", "--n", "2", "--max-length", "40", "--limit", "10", "--no-progress"]
+              "--epochs", "1", "--batch-size", "5", "--grad-accum", "1", "--n", "2", "--max-length", "64", "--limit", "10", "--no-progress"]
     done = run_py(*common, "--eval", "tofu", "--reference-model", str(tmp_path / "ref"), "--out", str(tmp_path / "run"))
     assert done.returncode == 0, done.stderr
     # without --reference-model: the base model fine-tuned on the retain rows, built once and cached

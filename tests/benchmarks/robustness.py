@@ -1,6 +1,6 @@
 """Every method on the embedded default with every evaluation (`--eval all`:
 TOFU's metrics and the robustness evaluations), and the retain-only
-reference; prints the two markdown tables of docs/results-tiny.md and, with matplotlib,
+reference; prints the three markdown tables of docs/results-tiny.md and, with matplotlib,
 writes <out>/tofu.png (forget quality on a log scale against model utility).
 
     python tests/benchmarks/robustness.py [--out runs/robustness]
@@ -62,7 +62,15 @@ def tofu_cells(result: dict) -> str:
     return f"{t['forget_quality']:.2e} | {t['ks_statistic']:.3f} | {t['model_utility']:.3f} | " + " | ".join(parts)
 
 
-print("| model | unlearn quality | utility | leakage (max ROUGE-L of 16 samples) | prefill ROUGE-L, greedy | "
+SPLITS = ("forget", "forget_paraphrased", "retain", "world_facts", "real_authors")
+print("| model | unlearn quality | utility | " + " | ".join(SPLITS) + " | fluency (NLL/token) |")
+print("|---|---|---|" + "---|" * (len(SPLITS) + 1))
+for name, result in ([("fine-tuned (before unlearning)", rows[0][1])] if rows else []) + [(n, a) for n, _, a in rows]:
+    recall = " | ".join(f"{result['rouge_l_recall'][s]:.3f}" for s in SPLITS)
+    print(f"| {name} | {result['unlearn_quality']:.1f} | {result['utility']:.1f} | {recall} | "
+          f"{result['fluency_nll']['forget']:.2f} |")
+
+print("\n| model | unlearn quality | utility | leakage (max ROUGE-L of 16 samples) | prefill ROUGE-L, greedy | "
       "prefill, max of 16 samples | over-unlearning Δp vs reference (mean ± std) | Δp vs before unlearning | "
       "least-likely-option accuracy | fact recall, greedy | fact recall, any of 16 |")
 print("|---|---|---|---|---|---|---|---|---|---|---|")
