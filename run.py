@@ -23,7 +23,8 @@ import torch
 
 import pmc_min
 from pmc_min import distributed, files
-from pmc_min.config import EVALS, FORGET_SPLITS, METHODS, UNLEARN_FLAGS, RunConfig
+from pmc_min.config import EVALS, METHODS, UNLEARN_FLAGS, RunConfig
+from pmc_min.data import FORGET_SPLITS
 from pmc_min.files import write_json
 from pmc_min.pipeline import (NO_SPACE, Evaluations, OwnDataEvaluations, Stopwatch, evaluate_before,
                               finish_overunlearn, overunlearn_base, starting_point, stopped, train, write_results)

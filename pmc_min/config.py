@@ -13,7 +13,6 @@ import math
 from dataclasses import dataclass, field, fields
 
 from . import distributed
-from .data import FORGET_SPLITS  # noqa: F401 (run.py's choices)
 from .errors import UserError
 
 METHODS = ("pmc", "ga", "gd", "idk", "npo", "simnpo")
@@ -251,4 +250,4 @@ SETTLED = ("preset", "unlearn", "finetune", "chat")
 UNLEARN_FLAGS = tuple(f.name for f in fields(UnlearnConfig) if f.name not in ("method", "seed"))
 
 __all__ = ["Sampling", "UnlearnConfig", "FinetuneConfig", "RunConfig", "PRESETS", "CPU_PROTOCOL", "METHODS", "EVALS",
-           "FORGET_SPLITS", "preset_settings", "sampling_problems"]
+           "preset_settings", "sampling_problems"]

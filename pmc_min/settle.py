@@ -9,7 +9,7 @@ import fcntl
 import json
 import os
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -240,18 +240,19 @@ def model_folder(cfg: RunConfig) -> tuple[Path, Path | None]:
 
 
 def check_lengths(run: Run) -> None:
-    """--max-length within what the model supports, and every question the model answers (forget,
-    evaluation, questions-only retain) short enough as prompted to leave room for an answer: else
-    one sentence that names the file and line of the longest. (Training rows are cut at max length,
-    as the authors cut them.)"""
+    """Max lengths within what the model supports (a preset's default is capped at it; a --max-length
+    beyond it is refused), and every question the model answers (forget, evaluation, questions-only
+    retain) short enough as prompted to leave room for an answer: else one sentence that names the
+    file and line of the longest. (Training rows are cut at max length, as the authors cut them.)"""
     cfg = run.config
     limit = checkpoint.load_config(run.model_dir).max_position_embeddings
-    lengths = [("--max-length", cfg.unlearn.max_length)]
-    if run.data.full_rows is not None:  # TOFU's fine-tuning, at its own max length
-        lengths.append(("TOFU fine-tuning's max length", cfg.finetune.max_length))
-    for what, value in lengths:
-        if value > limit:
-            raise UserError(f"{what} {value} is more than the model supports ({limit} positions).")
+    if cfg.unlearn.max_length > limit:
+        if cfg.unlearn_flags.get("max_length") is not None:
+            raise UserError(f"--max-length {cfg.unlearn.max_length} is more than the model supports ({limit} "
+                            f"positions).")
+        cfg.unlearn.max_length = limit
+    if cfg.finetune.max_length > limit:
+        cfg.finetune = replace(cfg.finetune, max_length=limit)
     tokenizer = run.prompted(Tokenizer.from_folder(run.model_dir))
     answered = run.data.forget_rows + [r for r in run.data.retain_rows if "answer" not in r]  # the model answers
     questions = {r["question"] for r in answered} | {q for qs, _ in run.data.sets.values() for q in qs}

@@ -91,7 +91,9 @@ def test_one_optimizer_step_equals_the_single_process_step(setup, tmp_path, meth
     before, _ = load(setup / "phi")
     moved = max((single[k] - v).abs().max().item() for k, v in before.state_dict().items())
     assert moved > 2e-5  # the step did something (AdamW moves a weight by up to about lr)
-    assert max((single[k] - shared[k]).abs().max().item() for k in single) < 1e-5
+    # The keys' bias shifts every score of a query alike, which the softmax ignores: its gradient is 0 up to
+    # rounding, and AdamW turns rounding into steps of up to lr. Every other weight must agree.
+    assert max((single[k] - shared[k]).abs().max().item() for k in single if "k_proj.bias" not in k) < 1e-5
     # The gradients themselves, through AdamW's first moment: far tighter than the weights, which
     # AdamW's normalisation moves by about lr wherever a gradient is near 0, whatever its rounding.
     assert len(single_m) == len(shared_m) == len(list(before.parameters()))

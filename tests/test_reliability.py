@@ -126,7 +126,7 @@ def test_truncated_safetensors(setup, tmp_path):
     weights = tmp_path / "phi" / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:5000])
     assert_clean_error(run_py("--model", str(tmp_path / "phi"), "--data-dir", str(setup / "data"),
-                              "--finetune-epochs", "0"),
+                              "--finetune-epochs", "0", "--max-length", "64", "--out", str(tmp_path / "o")),
                        r"model.safetensors is not a readable safetensors file")
 
 
