@@ -53,7 +53,9 @@ INPUTS: dict[str, None] = {}
 
 
 def record_input(path) -> None:
-    INPUTS[str(Path(path).resolve())] = None
+    path = Path(path).resolve()
+    if not any(part.startswith(".tmp-") for part in path.parts):  # not a cache being built (build_once)
+        INPUTS[str(path)] = None
 
 
 def sha256(path) -> str:
