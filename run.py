@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -25,6 +26,7 @@ import pmc_min
 from pmc_min import distributed, files
 from pmc_min.config import EVALS, METHODS, UNLEARN_FLAGS, RunConfig
 from pmc_min.data import FORGET_SPLITS
+from pmc_min.errors import Terminated
 from pmc_min.files import write_json
 from pmc_min.pipeline import (NO_SPACE, Evaluations, OwnDataEvaluations, Stopwatch, evaluate_before,
                               finish_overunlearn, overunlearn_base, starting_point, stopped, train, write_results)
@@ -137,6 +139,9 @@ def arguments(argv=None) -> tuple[RunConfig, list[str]]:
     input it pinned is checked unchanged."""
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
+    empty = [f"--{k.replace('_', '-')}" for k, v in vars(args).items() if v == "" and k != "eval"]
+    if empty:  # an unset shell variable, say: never read as "the default"
+        raise pmc_min.UserError(f"{', '.join(empty)} {'was' if len(empty) == 1 else 'were'} given an empty value.")
     if not args.resume:
         return run_config(args), argv
     others = [t.split("=")[0] for t in argv if t.startswith("-") and t.split("=")[0] not in RESUME_FLAGS]
@@ -167,7 +172,7 @@ def read_run_file(path: Path) -> dict:
 def main(argv=None) -> int:
     """The whole pipeline. Under torchrun every rank runs it: rank 0 builds what is cached while
     the others wait, generation and training are shared, and rank 0 alone writes and prints.
-    Ctrl-C or a full disk end it in one sentence that says what is kept and how to continue."""
+    Ctrl-C, SIGTERM or a full disk end it in one sentence that says what is kept and how to continue."""
     clock = Stopwatch()
     cfg, argv = arguments(argv)
     check_device(cfg.device)
@@ -208,12 +213,17 @@ def main(argv=None) -> int:
     return 0
 
 
+def terminate(signum, frame):
+    raise Terminated()
+
+
 if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, terminate)  # kill, a scheduler's preemption: stop as Ctrl-C does
     try:
         sys.exit(main())
     except pmc_min.UserError as e:
         print(f"error: {e}" if e.exit_code == 2 else str(e), file=sys.stderr)
         sys.exit(e.exit_code)
-    except KeyboardInterrupt:  # before the run began
-        print("Interrupted.", file=sys.stderr)
-        sys.exit(130)
+    except KeyboardInterrupt as e:  # before the run began
+        print("Terminated." if isinstance(e, Terminated) else "Interrupted.", file=sys.stderr)
+        sys.exit(143 if isinstance(e, Terminated) else 130)

@@ -1,5 +1,5 @@
 """The exception types for what a user can fix (a wrong model name, a missing file, a bad
-hyperparameter, a full disk) or chose (Ctrl-C). `run.py` prints the message as a single
+hyperparameter, a full disk) or chose (Ctrl-C, SIGTERM). `run.py` prints the message as a single
 sentence and exits with `exit_code`; anything else is a bug and keeps its traceback."""
 
 
@@ -12,5 +12,13 @@ class NonFiniteLoss(UserError):
 
 
 class Interrupted(UserError):
-    """Ctrl-C: one line that says how to continue."""
+    """Ctrl-C (exit code 130) or SIGTERM (143): one line that says how to continue."""
     exit_code = 130
+
+    def __init__(self, message: str, exit_code: int = 130):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (`kill`, a scheduler's preemption, `docker stop`), raised where the run is, as Ctrl-C is."""

@@ -15,7 +15,7 @@ from pathlib import Path
 from . import attacks, checkpoint, distributed, own_data, report, tiny, tofu
 from .checkpoint import load as load_model
 from .data import load_split
-from .errors import Interrupted, NonFiniteLoss, UserError
+from .errors import Interrupted, NonFiniteLoss, Terminated, UserError
 from .evaluate import evaluate, fluency_nll
 from .files import atomic_write_text, write_json
 from .resume import damaged, latest_state, load_state, save_state
@@ -222,11 +222,13 @@ NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 
 def stopped(run: Run | None, error: BaseException, started: float) -> UserError:
-    """One sentence for a run that stopped on Ctrl-C or on a full disk: what is kept, and how to go on."""
+    """One sentence for a run that stopped on Ctrl-C, SIGTERM or a full disk: what is kept, and how to go on."""
+    if isinstance(error, KeyboardInterrupt):
+        what, code = ("Terminated", 143) if isinstance(error, Terminated) else ("Interrupted", 130)
     if run is None:
-        what = "Interrupted" if isinstance(error, KeyboardInterrupt) else f"No space left on device ({error})"
-        return (Interrupted if isinstance(error, KeyboardInterrupt) else UserError)(
-            f"{what} before the run started; nothing of it was written.")
+        if isinstance(error, KeyboardInterrupt):
+            return Interrupted(f"{what} before the run started; nothing of it was written.", code)
+        return UserError(f"No space left on device ({error}) before the run started; nothing of it was written.")
     kept = latest_state(run.out) if (run.out / "checkpoints" / "LATEST").is_file() else None
     results = run.out / "results.json"
     parts = [f"the last complete checkpoint, {kept.name}"] if kept else []
@@ -234,7 +236,7 @@ def stopped(run: Run | None, error: BaseException, started: float) -> UserError:
         parts.append("results.json")
     keeps = f"{' and '.join(parts)} {'is' if len(parts) == 1 else 'are'} kept" if parts else "no checkpoint is kept"
     if isinstance(error, KeyboardInterrupt):
-        return Interrupted(f"Interrupted; {keeps}: continue with python run.py --resume {run.out}")
+        return Interrupted(f"{what}; {keeps}: continue with python run.py --resume {run.out}", code)
     where = f" writing {error.filename}" if error.filename else ""
     return UserError(f"No space left on device{where}; {keeps}: free some space, then continue with "
                      f"python run.py --resume {run.out}")

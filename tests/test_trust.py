@@ -214,6 +214,10 @@ def test_settings_that_must_be_finite_or_positive_are_refused_first(setup, tmp_p
     assert not (tmp_path / "o").exists()
 
 
+def test_an_empty_value_is_refused_not_read_as_the_default(setup, tmp_path):
+    assert_clean_error(run_py(*flags(setup, tmp_path / "o"), "--out", ""), r"--out was given an empty value\.")
+
+
 def test_a_non_finite_update_never_reaches_a_saved_model(setup, tmp_path, monkeypatch):
     from pmc_min.engine import Engine
 
@@ -250,12 +254,14 @@ def test_a_second_run_on_a_locked_out_is_refused_and_a_stale_lock_does_not_block
 
 # 6. Ctrl-C.
 
-def test_ctrl_c_says_how_to_resume_and_resume_finishes_the_run(setup, finished, tmp_path):
+@pytest.mark.parametrize("sent, code, word", [("INT", 130, "Interrupted"), ("TERM", 143, "Terminated")])
+def test_ctrl_c_or_sigterm_says_how_to_resume_and_resume_finishes_the_run(setup, finished, tmp_path, sent, code,
+                                                                          word):
     out = tmp_path / "run"
-    stopped = killed(*flags(setup, out), at="3:INT")
-    assert stopped.returncode == 130
+    stopped = killed(*flags(setup, out), at=f"3:{sent}")
+    assert stopped.returncode == code
     assert stopped.stderr.strip().splitlines() == [
-        f"Interrupted; the last complete checkpoint, epoch-0001 is kept: continue with python run.py --resume {out}"]
+        f"{word}; the last complete checkpoint, epoch-0001 is kept: continue with python run.py --resume {out}"]
     assert run_py("--resume", str(out)).returncode == 0
     assert comparable(out) == finished[1]
 
