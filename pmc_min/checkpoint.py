@@ -47,8 +47,13 @@ def build_once(folder: Path, build) -> Path:
     folder = Path(folder)
     if (folder / "READY").is_file():
         return folder
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    with open(folder.with_name(f".{folder.name}.lock"), "a") as lock:
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        lock = open(folder.with_name(f".{folder.name}.lock"), "a")
+    except OSError as e:
+        raise UserError(f"The cache folder {folder.parent} cannot be written ({e.strerror}); set PMC_MIN_CACHE to a "
+                        f"writable folder.") from None
+    with lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, or when a killed process ends
         if (folder / "READY").is_file():
             return folder

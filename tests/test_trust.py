@@ -218,6 +218,13 @@ def test_an_empty_value_is_refused_not_read_as_the_default(setup, tmp_path):
     assert_clean_error(run_py(*flags(setup, tmp_path / "o"), "--out", ""), r"--out was given an empty value\.")
 
 
+def test_a_cache_folder_that_cannot_be_written_is_named(tmp_path):
+    (tmp_path / "a-file").write_text("")
+    out = run_py("--no-progress", "--out", str(tmp_path / "o"), env={"PMC_MIN_CACHE": str(tmp_path / "a-file" / "c")})
+    assert_clean_error(out, r"The cache folder .*a-file/c cannot be written \(Not a directory\); set PMC_MIN_CACHE")
+    assert not (tmp_path / "o").exists()
+
+
 def test_a_non_finite_update_never_reaches_a_saved_model(setup, tmp_path, monkeypatch):
     from pmc_min.engine import Engine
 
