@@ -127,6 +127,11 @@ def output_folder(cfg: RunConfig) -> Path:
     """The run's --out, created if need be and locked for this run alone (`lock`); the temporary
     files of a write that was killed are removed."""
     out = out_path(cfg)
+    if out.is_dir() and not (out / "run.json").exists():
+        foreign = sorted(p.name for p in out.iterdir() if p.name != ".lock")
+        if foreign:  # never write into, or clean up, a folder that holds something else
+            raise UserError(f"--out {out} already holds files that are not a pmc_min run ({', '.join(foreign[:3])}"
+                            f"{', ...' if len(foreign) > 3 else ''}); choose a new or empty folder.")
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:

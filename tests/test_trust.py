@@ -218,6 +218,15 @@ def test_an_empty_value_is_refused_not_read_as_the_default(setup, tmp_path):
     assert_clean_error(run_py(*flags(setup, tmp_path / "o"), "--out", ""), r"--out was given an empty value\.")
 
 
+def test_an_out_that_holds_other_files_is_refused_and_left_as_it_was(setup, tmp_path):
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("mine")
+    (tmp_path / "mine" / ".tmp-draft").write_text("mine too")
+    assert_clean_error(run_py(*flags(setup, tmp_path / "mine")), r"already holds files that are not a pmc_min run "
+                                                                   r"\(\.tmp-draft, notes\.txt\); choose a new")
+    assert sorted(p.name for p in (tmp_path / "mine").iterdir()) == [".tmp-draft", "notes.txt"]
+
+
 def test_a_cache_folder_that_cannot_be_written_is_named(tmp_path):
     (tmp_path / "a-file").write_text("")
     out = run_py("--no-progress", "--out", str(tmp_path / "o"), env={"PMC_MIN_CACHE": str(tmp_path / "a-file" / "c")})
