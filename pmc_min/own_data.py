@@ -185,6 +185,12 @@ def unlearn_questions(model, tokenizer, questions: list[str], retain: list, conf
         raise UserError(f"{cfg.method} trains on the forget answers; without them use method pmc (or idk).")
     questions = list(dict.fromkeys(questions))
     rows = [{"question": r} if isinstance(r, str) else r for r in retain]
+    bad = [q for q in questions if not isinstance(q, str) or not q.strip()]
+    bad += [r for r in rows if not isinstance(r, dict) or not isinstance(r.get("question"), str)
+            or not isinstance(r.get("answer", ""), str)]
+    if bad:
+        raise UserError(f"unlearn_questions takes questions as non-empty strings and retain rows as strings or "
+                        f"{{'question': str, 'answer': str}}, not {bad[0]!r}.")
     if not questions or not rows:
         raise UserError("unlearn_questions needs at least one forget question and one retain row or question.")
     rows = without_forget(rows, questions)

@@ -155,6 +155,10 @@ def test_unlearn_questions_from_the_library(files):
     assert retained <= {f"Question: {q}" for q in RETAIN}  # the forget question given as retain was dropped
     with pytest.raises(pmc_min.UserError, match="npo trains on the forget answers"):
         pmc_min.unlearn_questions(model, tok, QUESTIONS, RETAIN, pmc_min.UnlearnConfig(method="npo"))
+    for questions, retain, bad in (([3, *QUESTIONS], RETAIN, "3"), (["  "], RETAIN, "'  '"),
+                                   (QUESTIONS, [{"question": "Q?", "answer": None}], "{'question'")):
+        with pytest.raises(pmc_min.UserError, match=f"takes questions as non-empty strings .*, not {bad}"):
+            pmc_min.unlearn_questions(model, tok, questions, retain, cfg)
 
 
 def test_reading_questions_keeps_nothing_but_the_question(tmp_path, capsys):

@@ -156,6 +156,18 @@ def load_pareto():
     return pareto
 
 
+def test_theory_practice_refuses_what_is_not_a_pmc_run_in_one_sentence(tmp_path, capsys):
+    for folder, pattern in ((tmp_path / "nothing", "cannot be read as a run's results"),
+                            (tmp_path, "is not a PMC run that logged its draws")):
+        if folder == tmp_path:
+            (tmp_path / "results.json").write_text('{"method": "npo", "curves": {}}')
+        with pytest.raises(SystemExit) as stop:
+            practice.main([str(folder)])
+        assert stop.value.code == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and pattern in err and err.count("\n") == 1
+
+
 def test_pareto_front_equals_a_skyline_sweep_and_the_quick_grid_has_two_configurations_per_method():
     """The sweep's front (tests/benchmarks/pareto.py) against the classic skyline algorithm:
     sort by x descending (ties by y descending) and keep each point whose y beats every y before it."""

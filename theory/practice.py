@@ -169,7 +169,7 @@ def plot(report: dict, out: str) -> None:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        sys.exit("error: --plot needs matplotlib: pip install -e '.[plot]'")
+        fail("--plot needs matplotlib: pip install -e '.[plot]'")
     rows = report["rows"]
     t = [r["t"] for r in rows]
     fig, ax = plt.subplots(1, 4, figsize=(17, 3.8))
@@ -195,6 +195,12 @@ def plot(report: dict, out: str) -> None:
     plt.close(fig)
 
 
+def fail(message: str):
+    """Bad input: one sentence on stderr, exit code 2 (as argparse's own errors)."""
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run_dir", help="the --out folder of a PMC run")
@@ -204,9 +210,9 @@ def main(argv=None) -> int:
     try:
         results = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as e:
-        sys.exit(f"error: {path} cannot be read as a run's results ({e}).")
+        fail(f"{path} cannot be read as a run's results ({e}).")
     if results.get("method") != "pmc" or not results.get("curves", {}).get("draw_rewards"):
-        sys.exit(f"error: {path} is not a PMC run that logged its draws (run.py --method pmc logs them).")
+        fail(f"{path} is not a PMC run that logged its draws (run.py --method pmc logs them).")
     report = compare(results)
     print(f"{report['questions']} forget questions, {report['epochs']} epochs, n = {report['k']}, "
           f"selection temperature {report['tau']}\n")
