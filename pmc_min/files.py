@@ -4,10 +4,12 @@ content hashes so that a resumed run can tell whether they changed."""
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import math
 import os
+import shutil
 from pathlib import Path
 
 from .errors import UserError
@@ -80,3 +82,37 @@ def check_pinned(pinned: dict[str, str], run_file: Path) -> None:
         if sha256(path) != digest:
             raise UserError(f"{path} changed since the run that {run_file} describes started; --resume continues "
                             f"a run only on the inputs it started with (start a new run with another --out).")
+
+
+def cache_root() -> Path:
+    """Where pmc_min keeps what it builds or converts ($PMC_MIN_CACHE, else ~/.cache/pmc_min)."""
+    return Path(os.environ.get("PMC_MIN_CACHE") or Path.home() / ".cache" / "pmc_min")
+
+
+def build_once(folder: Path, build) -> Path:
+    """folder, made by build(tmp) the first time it is asked for: built in a temporary
+    sibling folder, marked READY there, then renamed into place. A build that dies
+    leaves no folder that looks finished; the next call starts it over. Two processes
+    that ask at once take turns (a lock beside the folder): the second finds it built."""
+    folder = Path(folder)
+    if (folder / "READY").is_file():
+        return folder
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        lock = open(folder.with_name(f".{folder.name}.lock"), "a")
+    except OSError as e:
+        raise UserError(f"The cache folder {folder.parent} cannot be written ({e.strerror}); set PMC_MIN_CACHE to a "
+                        f"writable folder.") from None
+    with lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, or when a killed process ends
+        if (folder / "READY").is_file():
+            return folder
+        tmp = folder.with_name(f".tmp-{folder.name}")
+        for stale in (tmp, folder):
+            if stale.exists():
+                shutil.rmtree(stale)
+        tmp.mkdir(parents=True)
+        build(tmp)
+        (tmp / "READY").write_text("ok\n")
+        os.replace(tmp, folder)
+    return folder

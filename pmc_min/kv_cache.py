@@ -32,6 +32,39 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Ten
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, H, T, D)
 
 
+def attention_layout(model, input_ids, attention_mask, write_pos, kv_len):
+    """What every layer's attention may see: (allowed (B, T, S) bool, positions (B, T), the written
+    slots pos (T,), all slots (S,), write_pos), for the arguments of `Transformer.forward`."""
+    B, T = input_ids.shape
+    if write_pos is None:  # the slots are known here, so the cache is written by a plain copy
+        end = T if kv_len is None else kv_len
+        pos = torch.arange(end - T, end, device=input_ids.device)
+        write_pos = slice(end - T, end)
+    else:  # the slots are data (a decode step captured as a CUDA graph)
+        pos = write_pos
+    cache = model.layers[0].self_attn.cache
+    S = cache.n_slots if cache is not None else T
+    if attention_mask is None:
+        attention_mask = torch.ones(B, S, dtype=torch.long, device=input_ids.device)
+    if attention_mask.shape != (B, S):
+        raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)}, expected {(B, S)}.")
+    if kv_len is not None:
+        S, attention_mask = kv_len, attention_mask[:, :kv_len]
+    key_mask = attention_mask.bool()
+    # Position of a token = number of real tokens up to and including it, minus one.
+    positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, pos]  # (B, T)
+    slots = torch.arange(S, device=input_ids.device)
+    causal = slots[None, :] <= pos[:, None]  # (T, S)
+    # A pad query sees only itself, so its (unused) row stays finite instead of NaN.
+    allowed = (causal & key_mask[:, None, :]) | (slots[None, :] == pos[:, None])  # (B, T, S)
+    return allowed, positions, pos, slots, write_pos
+
+
+def additive(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """(B, 1, T, S): 0 where a query may attend a key, -inf elsewhere, as SDPA makes a boolean mask."""
+    return torch.where(allowed[:, None], 0.0, float("-inf")).to(dtype)
+
+
 def write(cache: torch.Tensor, write_pos: slice | torch.Tensor, x: torch.Tensor) -> None:
     """cache[:, :, write_pos] = x for a cache (B, H_kv, S, D). A slice is a plain copy; a
     tensor of slot indices (a CUDA graph's step) is an index_copy_, slower on a CPU."""

@@ -27,12 +27,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import UserError
-from .kv_cache import attention
+from .kv_cache import additive, attention, attention_layout
 
 
 class ConfigError(UserError):
     """A config.json that does not describe a model this file can build."""
 
+
+ACTIVATIONS = {"phi": ("gelu_new", "gelu_pytorch_tanh"), "llama": ("silu",)}  # gemma.py adds Gemma 3's
 
 
 @dataclass
@@ -69,7 +71,7 @@ class Config:
                 f"num_attention_heads ({self.num_attention_heads}) must be a multiple of "
                 f"num_key_value_heads ({self.num_key_value_heads})."
             )
-        expected_act = {"phi": ("gelu_new", "gelu_pytorch_tanh"), "llama": ("silu",)}[self.model_type]
+        expected_act = ACTIVATIONS[self.model_type]
         if self.hidden_act not in expected_act:
             raise ConfigError(f"hidden_act {self.hidden_act!r} is not supported for {self.model_type}; "
                               f"expected {expected_act[0]!r}.")
@@ -275,32 +277,9 @@ class Transformer(nn.Module):
         changes every step (a CUDA graph needs static shapes: leave it None there).
         write_pos defaults to the T slots just before kv_len (or the first T).
         """
-        B, T = input_ids.shape
-        if write_pos is None:  # the slots are known here, so the cache is written by a plain copy
-            end = T if kv_len is None else kv_len
-            pos = torch.arange(end - T, end, device=input_ids.device)
-            write_pos = slice(end - T, end)
-        else:  # the slots are data (a decode step captured as a CUDA graph)
-            pos = write_pos
-        cache = self.layers[0].self_attn.cache
-        S = cache.n_slots if cache is not None else T
-        if attention_mask is None:
-            attention_mask = torch.ones(B, S, dtype=torch.long, device=input_ids.device)
-        if attention_mask.shape != (B, S):
-            raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)}, expected {(B, S)}.")
-        if kv_len is not None:
-            S, attention_mask = kv_len, attention_mask[:, :kv_len]
-        key_mask = attention_mask.bool()
-        # Position of a token = number of real tokens up to and including it, minus one.
-        positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, pos]  # (B, T)
-        slots = torch.arange(S, device=input_ids.device)
-        causal = slots[None, :] <= pos[:, None]  # (T, S)
-        # A pad query sees only itself, so its (unused) row stays finite instead of NaN.
-        allowed = (causal & key_mask[:, None, :]) | (slots[None, :] == pos[:, None])  # (B, T, S)
-
+        allowed, positions, _, _, write_pos = attention_layout(self, input_ids, attention_mask, write_pos, kv_len)
         x = self.embed_tokens(input_ids)
-        # Additive, as SDPA makes a boolean mask: 0 where a query may attend a key, -inf elsewhere.
-        mask = torch.where(allowed[:, None], 0.0, float("-inf")).to(x.dtype)  # (B, 1, T, S)
+        mask = additive(allowed, x.dtype)
         cos, sin = self.rotary(positions, x.dtype)
         for layer in self.layers:
             x = layer(x, cos, sin, mask, write_pos)

@@ -12,7 +12,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from . import attacks, checkpoint, distributed, own_data, report, tiny, tofu
+from . import attacks, checkpoint, distributed, files, own_data, report, tiny, tofu
 from .checkpoint import load as load_model
 from .data import load_split
 from .errors import Interrupted, NonFiniteLoss, Terminated, UserError
@@ -76,7 +76,7 @@ def finetuned(run: Run, rows: list[dict], what: str, epochs: int | None = None) 
                      if f.suffix in (".safetensors", ".json"))
     recipe = {"model": str(Path(run.model_dir).resolve()), "weights": weights, "finetune": ft, "chat": cfg.chat,
               "seed": cfg.seed, "rows": [(r["question"], r["answer"]) for r in rows]}
-    folder = checkpoint.cache_root() / "finetuned" / f"{Path(run.model_dir).name}-{fingerprint(recipe)}"
+    folder = files.cache_root() / "finetuned" / f"{Path(run.model_dir).name}-{fingerprint(recipe)}"
     if (folder / "READY").is_file():
         run.log(f"Using {what}, cached in {folder}.")
         return folder
@@ -90,7 +90,7 @@ def finetuned(run: Run, rows: list[dict], what: str, epochs: int | None = None) 
         (tmp / "recipe.json").write_text(json.dumps({k: v for k, v in recipe.items() if k != "rows"} | {
             "rows": len(rows)}, indent=1) + "\n")
 
-    return checkpoint.build_once(folder, build)
+    return files.build_once(folder, build)
 
 
 class Evaluations:

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import build_once, cache_root, load, save
+from .checkpoint import load, save
+from .files import build_once, cache_root
 from .data import RETAIN_OF
 from .evaluate import eval_sets, evaluate
 from .model import Config, Transformer

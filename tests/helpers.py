@@ -124,3 +124,34 @@ def assert_clean_error(out, pattern):
     assert out.returncode == 2, out.stderr
     assert out.stderr.startswith("error: ") and out.stderr.count("\n") == 1 and "Traceback" not in out.stderr
     assert re.search(pattern, out.stderr), out.stderr
+
+
+LENGTHS = [7, 12, 3, 12]  # a left-padded batch's row lengths
+
+
+def assert_parity(hf, ours) -> torch.Tensor:
+    """fp32 logits on a left-padded batch within 1e-4, equal loss, matching gradients; returns our logits."""
+    import pytest
+
+    from pmc_min.checkpoint import to_hf_name
+    from pmc_min.model import causal_lm_loss
+
+    ids, mask = left_padded_batch(LENGTHS, vocab=hf.config.vocab_size)
+    # The first real token of a row is predicted from padding; like a prompt, it is no label.
+    first = mask.cumsum(-1) == 1
+    labels = ids.masked_fill((mask == 0) | first, -100)
+
+    out = hf(input_ids=ids, attention_mask=mask, position_ids=hf_positions(mask), labels=labels)
+    logits = ours(ids, mask)
+    real = mask.bool()
+    assert (logits[real] - out.logits[real]).abs().max().item() <= 1e-4
+
+    loss = causal_lm_loss(logits, labels)
+    assert loss.item() == pytest.approx(out.loss.item(), abs=1e-5)
+
+    out.loss.backward()
+    loss.backward()
+    hf_grads = {k: p.grad for k, p in hf.named_parameters()}
+    for key, p in ours.named_parameters():
+        assert torch.allclose(p.grad, hf_grads[to_hf_name(key, ours.config.model_type)], atol=1e-5, rtol=1e-4), key
+    return logits

@@ -9,8 +9,8 @@ from safetensors.torch import save_file
 import pmc_min
 from pmc_min.checkpoint import config_from_hf
 from pmc_min.kv_cache import clear_cache, setup_cache
-from pmc_min.model import Transformer, causal_lm_loss
-from helpers import hf_llama, hf_phi, hf_positions, left_padded_batch, write_hf_phi
+from pmc_min.model import Transformer
+from helpers import LENGTHS, assert_parity, hf_llama, hf_phi, hf_positions, left_padded_batch, write_hf_phi
 
 CONFIGS = {
     "base": {},
@@ -19,38 +19,12 @@ CONFIGS = {
     "full_rotary_gqa": dict(hidden_size=64, num_attention_heads=4, num_key_value_heads=2, partial_rotary_factor=1.0,
                             rope_theta=500.0, num_hidden_layers=3),
 }
-LENGTHS = [7, 12, 3, 12]
 
 
 def ours_from(tmp_path, name, seed=0):
     hf = write_hf_phi(tmp_path, seed=seed, **CONFIGS[name])
     model, tok = pmc_min.load(tmp_path)
     return hf, model, tok
-
-
-def assert_parity(hf, ours) -> torch.Tensor:
-    """fp32 logits on a left-padded batch within 1e-4, equal loss, matching gradients; returns our logits."""
-    from pmc_min.checkpoint import to_hf_name
-
-    ids, mask = left_padded_batch(LENGTHS, vocab=hf.config.vocab_size)
-    # The first real token of a row is predicted from padding; like a prompt, it is no label.
-    first = mask.cumsum(-1) == 1
-    labels = ids.masked_fill((mask == 0) | first, -100)
-
-    out = hf(input_ids=ids, attention_mask=mask, position_ids=hf_positions(mask), labels=labels)
-    logits = ours(ids, mask)
-    real = mask.bool()
-    assert (logits[real] - out.logits[real]).abs().max().item() <= 1e-4
-
-    loss = causal_lm_loss(logits, labels)
-    assert loss.item() == pytest.approx(out.loss.item(), abs=1e-5)
-
-    out.loss.backward()
-    loss.backward()
-    hf_grads = {k: p.grad for k, p in hf.named_parameters()}
-    for key, p in ours.named_parameters():
-        assert torch.allclose(p.grad, hf_grads[to_hf_name(key, ours.config.model_type)], atol=1e-5, rtol=1e-4), key
-    return logits
 
 
 @pytest.mark.parametrize("name", CONFIGS)
