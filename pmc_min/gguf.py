@@ -179,11 +179,11 @@ def q6_k(b):
 QUANTS = {Q8_0: q8_0, Q4_0: q4_0, Q4_1: q4_1, Q5_0: q5_0, Q4_K: q4_k, Q6_K: q6_k}
 
 
-# From a llama-architecture GGUF to HF's layout.
+# From a llama or gemma3 GGUF to HF's layout.
 
 def unpermute(w: np.ndarray, n_heads: int) -> np.ndarray:
-    """Undo llama.cpp's Q/K row permutation (its converter interleaves the two
-    rotary halves of each head; HF's rotate_half keeps them split)."""
+    """Undo llama.cpp's Q/K row permutation for Llama (its converter interleaves the two
+    rotary halves of each head; HF's rotate_half keeps them split). Gemma's rows are not permuted."""
     rows, cols = w.shape
     return w.reshape(n_heads, rows // n_heads // 2, 2, cols).swapaxes(1, 2).reshape(rows, cols)
 
@@ -191,60 +191,110 @@ def unpermute(w: np.ndarray, n_heads: int) -> np.ndarray:
 GGUF_NAMES = {"attn_norm": "input_layernorm", "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj",
               "attn_v": "self_attn.v_proj", "attn_output": "self_attn.o_proj", "ffn_norm": "post_attention_layernorm",
               "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj", "ffn_down": "mlp.down_proj"}
+GEMMA_NAMES = {**GGUF_NAMES, "ffn_norm": "pre_feedforward_layernorm", "attn_q_norm": "self_attn.q_norm",
+               "attn_k_norm": "self_attn.k_norm", "post_attention_norm": "post_attention_layernorm",
+               "post_ffw_norm": "post_feedforward_layernorm"}
 
 
 def hf_config(meta: dict) -> dict:
-    if meta.get("general.architecture") != "llama":
-        raise UserError(f"GGUF architecture {meta.get('general.architecture')!r} is not supported; only 'llama'.")
-    m = lambda key: meta[f"llama.{key}"]  # noqa: E731
-    return {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": len(meta["tokenizer.ggml.tokens"]),
-            "hidden_size": m("embedding_length"), "intermediate_size": m("feed_forward_length"),
-            "num_hidden_layers": m("block_count"), "num_attention_heads": m("attention.head_count"),
-            "num_key_value_heads": m("attention.head_count_kv"), "rope_theta": m("rope.freq_base"),
-            "rms_norm_eps": m("attention.layer_norm_rms_epsilon"), "max_position_embeddings": m("context_length"),
-            "hidden_act": "silu", "attention_bias": False, "bos_token_id": meta.get("tokenizer.ggml.bos_token_id"),
-            "eos_token_id": meta.get("tokenizer.ggml.eos_token_id")}
+    arch = meta.get("general.architecture")
+    if arch not in ("llama", "gemma3"):
+        raise UserError(f"GGUF architecture {arch!r} is not supported; 'llama' and 'gemma3' are.")
+    m = lambda key, default=None: meta.get(f"{arch}.{key}", default)  # noqa: E731
+    config = {"vocab_size": len(meta["tokenizer.ggml.tokens"]), "hidden_size": m("embedding_length"),
+              "intermediate_size": m("feed_forward_length"), "num_hidden_layers": m("block_count"),
+              "num_attention_heads": m("attention.head_count"), "num_key_value_heads": m("attention.head_count_kv"),
+              "rope_theta": m("rope.freq_base"), "rms_norm_eps": m("attention.layer_norm_rms_epsilon"),
+              "max_position_embeddings": m("context_length"), "bos_token_id": meta.get("tokenizer.ggml.bos_token_id"),
+              "eos_token_id": meta.get("tokenizer.ggml.eos_token_id"), "attention_bias": False}
+    if arch == "llama":
+        return {"architectures": ["LlamaForCausalLM"], "model_type": "llama", **config, "hidden_act": "silu"}
+    head_dim = m("attention.key_length")
+    scaling = {"rope_type": "linear", "factor": m("rope.scaling.factor")} if m("rope.scaling.type") == "linear" else None
+    # What llama.cpp fixes for every Gemma 3 rather than store: sliding layers' rotary base 10000, five sliding
+    # layers to one global, scores scaled by head_dim^-0.5 (all sizes but 27B, which no file here is).
+    return {"architectures": ["Gemma3ForCausalLM"], "model_type": "gemma3_text", **config, "head_dim": head_dim,
+            "hidden_activation": "gelu_pytorch_tanh", "sliding_window": m("attention.sliding_window"),
+            "rope_local_base_freq": 10000.0, "rope_scaling": scaling, "query_pre_attn_scalar": head_dim,
+            "final_logit_softcapping": m("final_logit_softcapping"), "pad_token_id": meta.get("tokenizer.ggml.padding_token_id")}
 
 
 def hf_tensors(meta: dict, tensors: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], bool]:
-    """(HF-named tensors, tied embeddings?)"""
-    heads, kv_heads = meta["llama.attention.head_count"], meta["llama.attention.head_count_kv"]
-    out = {"model.embed_tokens.weight": tensors["token_embd.weight"], "model.norm.weight": tensors["output_norm.weight"]}
+    """(HF-named tensors, tied embeddings?). llama.cpp stores Gemma's norm weights as 1 + w (its
+    RMSNorm multiplies by the weight alone): 1 is taken off again."""
+    arch = meta["general.architecture"]
+    names, shift = (GEMMA_NAMES, 1.0) if arch == "gemma3" else (GGUF_NAMES, 0.0)
+    out = {"model.embed_tokens.weight": tensors["token_embd.weight"],
+           "model.norm.weight": tensors["output_norm.weight"] - np.float32(shift)}
     if "output.weight" in tensors:
         out["lm_head.weight"] = tensors["output.weight"]
     for name, t in tensors.items():
         if name.startswith("blk."):
             _, layer, kind, _ = name.split(".")
-            if kind == "attn_q":
-                t = unpermute(t, heads)
-            elif kind == "attn_k":
-                t = unpermute(t, kv_heads)
-            out[f"model.layers.{layer}.{GGUF_NAMES[kind]}.weight"] = t
+            if kind not in names:
+                raise UserError(f"GGUF tensor {name!r} has no place in a {arch} model.")
+            if arch == "llama" and kind in ("attn_q", "attn_k"):
+                t = unpermute(t, meta[f"llama.attention.head_count{'_kv' if kind == 'attn_k' else ''}"])
+            if kind.endswith("norm"):
+                t = t - np.float32(shift)
+            out[f"model.layers.{layer}.{names[kind]}.weight"] = t
     return out, "output.weight" not in tensors
 
 
 def hf_tokenizer(meta: dict):
-    """A `tokenizers` byte-level BPE from the GGUF vocabulary and merges."""
+    """A `tokenizers` tokenizer from the GGUF vocabulary: byte-level BPE from its merges (gpt2), or
+    Gemma's SentencePiece BPE (llama), whose merges the file does not store."""
     from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
 
-    if meta.get("tokenizer.ggml.model") != "gpt2":
-        raise UserError(f"GGUF tokenizer {meta.get('tokenizer.ggml.model')!r} is not supported; only 'gpt2' BPE.")
+    kind = meta.get("tokenizer.ggml.model")
+    if kind == "llama" and meta.get("general.architecture") == "gemma3":
+        tok = sentencepiece_bpe(meta)
+    elif kind == "gpt2":
+        tokens = meta["tokenizer.ggml.tokens"]
+        merges = [tuple(m.split(" ", 1)) for m in meta["tokenizer.ggml.merges"]]
+        tok = Tokenizer(models.BPE(vocab={t: i for i, t in enumerate(tokens)}, merges=merges))
+        steps = [pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)]
+        if meta.get("tokenizer.ggml.pre") == "smollm":  # SmolLM splits digits one by one first
+            steps.insert(0, pre_tokenizers.Digits(individual_digits=True))
+        tok.pre_tokenizer = pre_tokenizers.Sequence(steps)
+        tok.decoder = decoders.ByteLevel()
+    else:
+        raise UserError(f"GGUF tokenizer {kind!r} is not supported; 'gpt2' BPE and Gemma's SentencePiece are.")
     tokens = meta["tokenizer.ggml.tokens"]
-    merges = [tuple(m.split(" ", 1)) for m in meta["tokenizer.ggml.merges"]]
-    tok = Tokenizer(models.BPE(vocab={t: i for i, t in enumerate(tokens)}, merges=merges))
-    steps = [pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)]
-    if meta.get("tokenizer.ggml.pre") == "smollm":  # SmolLM splits digits one by one first
-        steps.insert(0, pre_tokenizers.Digits(individual_digits=True))
-    tok.pre_tokenizer = pre_tokenizers.Sequence(steps)
-    tok.decoder = decoders.ByteLevel()
     types = meta.get("tokenizer.ggml.token_type", [1] * len(tokens))
     tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t, kind in zip(tokens, types)
                             if kind == 3])  # 3: control tokens
+    vocab = tok.get_vocab()  # 4: user-defined pieces ("\n\n", "<td>"), matched whole, as SentencePiece does
+    tok.add_tokens([AddedToken(t, special=False, normalized=False) for t, kind in zip(tokens, types)
+                    if kind == 4 and t in vocab])
+    return tok
+
+
+def sentencepiece_bpe(meta: dict):
+    """Gemma's SentencePiece BPE as a `tokenizers` BPE: spaces written as "▁", bytes the vocabulary
+    lacks as <0xNN> pieces (byte fallback). The file stores no merges, so they are rebuilt from
+    the vocabulary: every split of a piece into two pieces, ranked by the piece's place in the file
+    (not by its score, which for Gemma does not follow the merge order), longer left part first."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, processors
+
+    # Runs of spaces are stored as spaces; as pieces they are runs of "▁".
+    tokens = ["▁" * len(t) if " " in t and not t.strip() else t for t in meta["tokenizer.ggml.tokens"]]
+    vocab = {t: i for i, t in enumerate(tokens)}
+    ranked = sorted(vocab, key=vocab.get)  # a piece listed twice ranks by its last place, as it is looked up
+    merges = [(t[:k], t[k:]) for t in ranked for k in range(len(t) - 1, 0, -1) if t[:k] in vocab and t[k:] in vocab]
+    unk = tokens[meta.get("tokenizer.ggml.unknown_token_id", 0)]
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, unk_token=unk, fuse_unk=True, byte_fallback=True))
+    tok.normalizer = normalizers.Replace(" ", "▁")
+    tok.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()])
+    if meta.get("tokenizer.ggml.add_bos_token"):  # for transformers, which adds special tokens by default
+        bos = tokens[meta["tokenizer.ggml.bos_token_id"]]
+        tok.post_processor = processors.TemplateProcessing(single=f"{bos} $A", pair=f"{bos} $A {bos} $B",
+                                                           special_tokens=[(bos, meta["tokenizer.ggml.bos_token_id"])])
     return tok
 
 
 def convert(gguf_path: str | Path, out: str | Path) -> Path:
-    """Write a llama GGUF file as an HF-layout checkpoint folder (fp32 safetensors)."""
+    """Write a llama or gemma3 GGUF file as an HF-layout checkpoint folder (fp32 safetensors)."""
     import json
 
     from safetensors.numpy import save_file
@@ -261,8 +311,10 @@ def convert(gguf_path: str | Path, out: str | Path) -> Path:
     hf_tokenizer(meta).save(str(out / "tokenizer.json"))
     tokens = meta["tokenizer.ggml.tokens"]
     eos = tokens[meta["tokenizer.ggml.eos_token_id"]]
+    pad = tokens[meta["tokenizer.ggml.padding_token_id"]] if "tokenizer.ggml.padding_token_id" in meta else eos
     (out / "tokenizer_config.json").write_text(json.dumps({
-        "tokenizer_class": "PreTrainedTokenizerFast", "eos_token": eos, "pad_token": eos,
+        "tokenizer_class": "PreTrainedTokenizerFast", "eos_token": eos, "pad_token": pad,
         "bos_token": tokens[meta.get("tokenizer.ggml.bos_token_id", 0)],
+        "add_bos_token": bool(meta.get("tokenizer.ggml.add_bos_token", False)),
         "chat_template": meta.get("tokenizer.chat_template")}, indent=2) + "\n")
     return out

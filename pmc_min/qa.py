@@ -80,8 +80,8 @@ def encode_qa(tokenizer: Tokenizer, questions: list[str], answers: list[str], ma
         text, answer = prompt(q, tokenizer.chat), target(a, tokenizer.chat)
         if tag_in_prompt and tokenizer.chat is None:
             text, answer = f"{text}{ANSWER_TAG} ", a
-        p = tokenizer.encode(text)
-        ids = tokenizer.encode(text + answer) + [tokenizer.eos_id]
+        p = tokenizer.encode(text, bos=True)
+        ids = tokenizer.encode(text + answer, bos=True) + [tokenizer.eos_id]
         lab = [-100] * len(p) + ids[len(p):]
         if len(ids) > max_length:
             ids, lab = ids[:max_length], lab[:max_length]
@@ -175,7 +175,7 @@ def complete(model: Transformer, tokenizer: Tokenizer, prompts: list[list[int]],
 def generate_answers(model: Transformer, tokenizer: Tokenizer, questions: list[str], *, n: int, max_length: int,
                      **settings) -> list[list[str]]:
     """n answers per question (`complete`'s settings), the "Answer:" tag stripped."""
-    prompts = tokenizer.encode_batch([prompt(q, tokenizer.chat) for q in questions])
+    prompts = tokenizer.encode_batch([prompt(q, tokenizer.chat) for q in questions], bos=True)
     return [[strip_tag(text) for text in texts]
             for texts in complete(model, tokenizer, prompts, n=n, max_length=max_length, **settings)]
 

@@ -256,7 +256,7 @@ def generate(model: Transformer, tokenizer: Tokenizer, prompts: list[str], *, n:
              max_batch_tokens: int = 1 << 16, compile: bool = False, **deprecated) -> list[list[str]]:
     """n decoded answers for each prompt (one list per prompt); greedy without `sampling`."""
     sampling = legacy_sampling(sampling, deprecated, "generate")
-    ids = generate_ids(model, tokenizer.encode_batch(prompts), n=n, max_new_tokens=max_new_tokens,
+    ids = generate_ids(model, tokenizer.encode_batch(prompts, bos=True), n=n, max_new_tokens=max_new_tokens,
                        eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id, sampling=sampling, seed=seed,
                        max_batch_tokens=max_batch_tokens, compile=compile)
     return [tokenizer.decode_batch(per_prompt) for per_prompt in ids]

@@ -262,7 +262,7 @@ def check_lengths(run: Run) -> None:
     answered = run.data.forget_rows + [r for r in run.data.retain_rows if "answer" not in r]  # the model answers
     questions = {r["question"] for r in answered} | {q for qs, _ in run.data.sets.values() for q in qs}
     questions = sorted(questions)
-    lengths = [len(ids) for ids in tokenizer.encode_batch([prompt(q, tokenizer.chat) for q in questions])]
+    lengths = [len(ids) for ids in tokenizer.encode_batch([prompt(q, tokenizer.chat) for q in questions], bos=True)]
     longest = max(range(len(questions)), key=lengths.__getitem__)
     if lengths[longest] >= cfg.unlearn.max_length:
         where = line_of(questions[longest], run.model_dir)
