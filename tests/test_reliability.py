@@ -102,7 +102,7 @@ def test_fresh_run_refuses_a_folder_with_checkpoints(setup):
 
 def test_unknown_model_name_lists_the_known_ones(tmp_path):
     assert_clean_error(run_py("--model", "phi-9", "--data-dir", str(tmp_path)),
-                       r"Unknown model 'phi-9'.*known name \(tiny, phi-1_5, phi-1.5, llama-3.2-3b-instruct, smollm2-135m\)")
+                       r"Unknown model 'phi-9'.*known name \(tiny, phi-1_5, phi-1.5, llama-3.2-3b-instruct, smollm2-135m, gemma-3-270m\)")
 
 
 def test_missing_data_file(setup, tmp_path):
