@@ -19,6 +19,8 @@ from pmc_min.engine import Engine  # noqa: E402
 
 step, _, name = sys.argv[1].partition(":")
 kill_at, sent, steps = int(step), getattr(signal, f"SIG{name or 'KILL'}"), []
+if sent == signal.SIGINT:  # as a terminal's Ctrl-C finds it, even when this runs as a background job, which
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # starts with SIGINT ignored
 real_step = Engine.step
 
 
