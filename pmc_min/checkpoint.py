@@ -21,7 +21,7 @@ from safetensors.torch import load_file, save_file
 from . import gemma
 from .errors import UserError
 from .files import build_once, cache_root  # noqa: F401 (checkpoint.build_once, .cache_root: their old home)
-from .model import Config, ConfigError, RotaryEmbedding, Transformer
+from .model import Config, ConfigError, Transformer, refresh_rotary
 from .tokenizer import Tokenizer
 
 # Short names a user may type, and the hub repositories they stand for.
@@ -53,7 +53,11 @@ def packaged_model(name: str) -> Path:
         if filename is not None:
             convert(Path(list(spec.submodule_search_locations)[0]) / filename, tmp)
             return
-        source = importlib.import_module(module).assemble(tmp / "source.gguf")  # joined from the package's parts
+        try:  # joined from the package's parts, checked against its sha256
+            source = importlib.import_module(module).assemble(tmp / "source.gguf")
+        except (ImportError, OSError, ValueError) as e:
+            raise ModelNotFound(f"Model {name!r}: its package could not assemble the GGUF file ({e}); run "
+                                f"`{command}` again.") from None
         convert(source, tmp)
         source.unlink()
 
@@ -237,7 +241,8 @@ def to_our_names(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     fused Wqkv is split into equal thirds q, k, v."""
     out = {}
     for key, t in tensors.items():
-        if key.endswith("inv_freq") or key.startswith(("vision_tower.", "multi_modal_projector.", "model.vision")):
+        if key.endswith("inv_freq") or key.startswith(("vision_tower.", "multi_modal_projector.", "model.vision",
+                                                       "model.multi_modal_projector.")):
             continue  # a buffer some old checkpoints saved (recomputed here); a multimodal Gemma's image side
         key = re.sub(r"^(language_model\.model\.|model\.language_model\.|language_model\.)", "model.", key)
         key = key.removeprefix("model.")
@@ -271,8 +276,7 @@ def build(cfg: Config, tensors: dict[str, torch.Tensor], device="cpu", dtype=tor
                           strict=True, assign=True)
     if cfg.tie_word_embeddings:
         model.lm_head.weight = model.embed_tokens.weight
-    for rotary in (m for m in model.modules() if isinstance(m, RotaryEmbedding)):
-        rotary.inv_freq = rotary.compute_inv_freq(device)
+    refresh_rotary(model, device)
     return model.eval()
 
 

@@ -31,7 +31,7 @@ import torch
 from . import distributed
 from .checkpoint import build
 from .config import UnlearnConfig
-from .model import NORMS, Transformer
+from .model import NORMS, Transformer, refresh_rotary
 from .qa import answer_tokens
 
 
@@ -107,6 +107,7 @@ class Engine:
             fully_shard(self.module, mp_policy=policy)
             if cfg.sample_dtype:  # the plain copy, which PMC samples from, in the sampling dtype only
                 model.to(getattr(torch, cfg.sample_dtype))
+                refresh_rotary(model, model.device)
         self.wrapped = self.module is not model  # DDP or FSDP: checkpoints are sharded (resume.py)
         self.max_grad_norm = cfg.max_grad_norm
         self.opt, self.sched = optimizer_and_schedule(self.module, cfg.lr, cfg.weight_decay, total_steps,

@@ -34,16 +34,29 @@ base.ACTIVATIONS["gemma3"] = ("gelu_pytorch_tanh",)
 
 @dataclass
 class GemmaConfig(base.Config):
+    """Defaults as transformers' Gemma3TextConfig has them (a multimodal checkpoint's text_config
+    states only what differs)."""
     model_type: str = "gemma3"
+    vocab_size: int = 262208
+    hidden_size: int = 2304
+    intermediate_size: int = 9216
+    num_hidden_layers: int = 26
+    num_attention_heads: int = 8
+    num_key_value_heads: int | None = 4
+    head_dim: int | None = 256
     hidden_act: str = "gelu_pytorch_tanh"
     rope_theta: float = 1_000_000.0
     max_position_embeddings: int = 131072
+    bos_token_id: int | None = 2
+    eos_token_id: int | None = 1
+    pad_token_id: int | None = 0
     partial_rotary_factor: float = 1.0
     attention_bias: bool = False
     tie_word_embeddings: bool = True
     query_pre_attn_scalar: float = 256.0
-    sliding_window: int = 512
-    layer_types: list | None = None  # None: five sliding layers, then one global, repeated
+    sliding_window: int = 4096
+    layer_types: list | None = None  # None: sliding_window_pattern - 1 sliding layers, then one global, repeated
+    sliding_window_pattern: int = 6
     rope_local_base_freq: float = 10000.0
     rope_scaling: dict | None = None  # global layers only: {"rope_type": "linear", "factor": f} or None
     final_logit_softcapping: float | None = None
@@ -52,7 +65,7 @@ class GemmaConfig(base.Config):
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.layer_types is None:
-            self.layer_types = ["full_attention" if (i + 1) % 6 == 0 else "sliding_attention"
+            self.layer_types = ["full_attention" if (i + 1) % self.sliding_window_pattern == 0 else "sliding_attention"
                                 for i in range(self.num_hidden_layers)]
         if len(self.layer_types) != self.num_hidden_layers or set(self.layer_types) - {"sliding_attention",
                                                                                       "full_attention"}:
@@ -185,11 +198,17 @@ def config_from_hf(d: dict) -> GemmaConfig:
     """config.json of `gemma3_text`, or the `text_config` of a multimodal `gemma3`, in the
     transformers-4 layout (rope_theta, rope_local_base_freq, rope_scaling at top level, as the hub
     ships Gemma 3) or the transformers-5 one (rope_parameters per layer type)."""
-    d = dict(d.get("text_config") or {}) if d.get("model_type") == "gemma3" else dict(d)
+    if d.get("model_type") == "gemma3":  # its ids live at the top; the text model's settings in text_config
+        ids = {k: d[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id") if d.get(k) is not None}
+        d = {**ids, **(d.get("text_config") or {})}
+    d = dict(d)
+    d.setdefault("sliding_window_pattern", d.get("_sliding_window_pattern"))
     rope = d.pop("rope_parameters", None) or {}
     if "full_attention" in rope:
         d["rope_theta"], d["rope_scaling"] = rope["full_attention"].get("rope_theta"), rope["full_attention"]
     if "sliding_attention" in rope:
+        if rope["sliding_attention"].get("rope_type", "default") != "default":
+            raise base.ConfigError("Scaled rotary embeddings on the sliding layers are not supported.")
         d["rope_local_base_freq"] = rope["sliding_attention"].get("rope_theta")
     scaling = d.get("rope_scaling") or {}
     kind = scaling.get("rope_type", scaling.get("type", "default"))
@@ -201,10 +220,6 @@ def config_from_hf(d: dict) -> GemmaConfig:
         raise base.ConfigError("use_bidirectional_attention (an encoder) is not supported; PMC needs a causal LM.")
     if isinstance(d.get("eos_token_id"), list):
         d["eos_token_id"] = d["eos_token_id"][0]
-    missing = [k for k in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
-                           "intermediate_size") if d.get(k) is None]
-    if missing:
-        raise base.ConfigError(f"config.json is missing required field(s): {', '.join(missing)}.")
     d["model_type"] = "gemma3"
     return GemmaConfig(**{f.name: d[f.name] for f in fields(GemmaConfig) if d.get(f.name) is not None})
 
@@ -212,7 +227,7 @@ def config_from_hf(d: dict) -> GemmaConfig:
 def config_to_hf(cfg: GemmaConfig) -> dict:
     """The layout the hub ships Gemma 3 in (transformers-4 keys), which transformers 4 and 5 read."""
     d = {f.name: getattr(cfg, f.name) for f in fields(cfg)}
-    for key in ("layer_norm_eps", "qk_layernorm", "partial_rotary_factor", "hidden_act"):
+    for key in ("layer_norm_eps", "qk_layernorm", "partial_rotary_factor", "hidden_act", "sliding_window_pattern"):
         d.pop(key)
     return {"architectures": ["Gemma3ForCausalLM"], **d, "model_type": "gemma3_text",
             "hidden_activation": cfg.hidden_act, "attention_dropout": 0.0}

@@ -100,6 +100,9 @@ def read(path: str | Path) -> tuple[dict, dict[str, np.ndarray]]:
 def dequantize(data, offset: int, kind: int, dims: list[int], name: str = "") -> np.ndarray:
     count = int(np.prod(dims))
     shape = tuple(reversed(dims))
+    plain = {F32: 4, F16: 2, BF16: 2}
+    if kind in plain and offset + count * plain[kind] > len(data):
+        raise UserError(f"Tensor {name!r} ends past the end of the file: the GGUF file is truncated.")
     if kind == F32:
         return np.frombuffer(data, np.float32, count, offset).reshape(shape).copy()
     if kind == F16:
@@ -211,11 +214,14 @@ def hf_config(meta: dict) -> dict:
         return {"architectures": ["LlamaForCausalLM"], "model_type": "llama", **config, "hidden_act": "silu"}
     head_dim = m("attention.key_length")
     scaling = {"rope_type": "linear", "factor": m("rope.scaling.factor")} if m("rope.scaling.type") == "linear" else None
-    # What llama.cpp fixes for every Gemma 3 rather than store: sliding layers' rotary base 10000, five sliding
-    # layers to one global, scores scaled by head_dim^-0.5 (all sizes but 27B, which no file here is).
+    # What llama.cpp fixes for Gemma 3 rather than store (its llama-model.cpp): five sliding layers to one global;
+    # the sliding layers' rotary base 10000 unless the file says; scores scaled by head_dim^-0.5, but by
+    # (width / heads)^-0.5 for the 62-layer 27B.
+    scalar = config["hidden_size"] // config["num_attention_heads"] if config["num_hidden_layers"] == 62 else head_dim
     return {"architectures": ["Gemma3ForCausalLM"], "model_type": "gemma3_text", **config, "head_dim": head_dim,
             "hidden_activation": "gelu_pytorch_tanh", "sliding_window": m("attention.sliding_window"),
-            "rope_local_base_freq": 10000.0, "rope_scaling": scaling, "query_pre_attn_scalar": head_dim,
+            "rope_local_base_freq": m("rope.freq_base_swa", 10000.0), "rope_scaling": scaling,
+            "query_pre_attn_scalar": scalar,
             "final_logit_softcapping": m("final_logit_softcapping"), "pad_token_id": meta.get("tokenizer.ggml.padding_token_id")}
 
 
@@ -286,7 +292,7 @@ def sentencepiece_bpe(meta: dict):
     tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, unk_token=unk, fuse_unk=True, byte_fallback=True))
     tok.normalizer = normalizers.Replace(" ", "▁")
     tok.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()])
-    if meta.get("tokenizer.ggml.add_bos_token"):  # for transformers, which adds special tokens by default
+    if meta.get("tokenizer.ggml.add_bos_token", True):  # SentencePiece's default; what transformers adds by default
         bos = tokens[meta["tokenizer.ggml.bos_token_id"]]
         tok.post_processor = processors.TemplateProcessing(single=f"{bos} $A", pair=f"{bos} $A {bos} $B",
                                                            special_tokens=[(bos, meta["tokenizer.ggml.bos_token_id"])])
@@ -315,6 +321,6 @@ def convert(gguf_path: str | Path, out: str | Path) -> Path:
     (out / "tokenizer_config.json").write_text(json.dumps({
         "tokenizer_class": "PreTrainedTokenizerFast", "eos_token": eos, "pad_token": pad,
         "bos_token": tokens[meta.get("tokenizer.ggml.bos_token_id", 0)],
-        "add_bos_token": bool(meta.get("tokenizer.ggml.add_bos_token", False)),
+        "add_bos_token": bool(meta.get("tokenizer.ggml.add_bos_token", meta.get("tokenizer.ggml.model") == "llama")),
         "chat_template": meta.get("tokenizer.chat_template")}, indent=2) + "\n")
     return out

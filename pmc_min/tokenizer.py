@@ -2,8 +2,8 @@
 
 It knows what the rest of pmc_min needs beyond encode/decode: which token ends
 an answer (eos), which fills padding, and which begins every sequence (bos) when
-the tokenizer says so. Phi-1.5 has eos `<|endoftext|>`, no pad token (eos doubles
-as pad) and no bos; Gemma begins every sequence with `<bos>` (`add_bos_token`).
+the tokenizer's post-processor adds one. Phi-1.5 has eos `<|endoftext|>`, no pad
+token (eos doubles as pad) and no bos; Gemma begins every sequence with `<bos>`.
 """
 
 from __future__ import annotations
@@ -39,12 +39,18 @@ def chat_format(template: str | None) -> dict | None:
     return None
 
 
+def begin_of_sequence(tok: HFTokenizer) -> int | None:
+    """The token a tokenizer puts before every sequence, as its tokenizer.json's post-processor
+    says (Gemma's `<bos>`, Llama 3's `<|begin_of_text|>`): what transformers adds by default."""
+    plain, full = tok.encode("a", add_special_tokens=False).ids, tok.encode("a").ids
+    return full[0] if len(full) == len(plain) + 1 and full[1:] == plain else None
+
+
 class Tokenizer:
     def __init__(self, tok: HFTokenizer, eos_token: str, pad_token: str | None = None,
-                 chat_template: str | None = None, bos_token: str | None = None):
+                 chat_template: str | None = None):
         self.tok = tok
-        self.bos_token = bos_token  # begins every sequence (encode(..., bos=True)); None: nothing does
-        self.bos_id = tok.token_to_id(bos_token) if bos_token else None
+        self.bos_id = begin_of_sequence(tok)  # what encode(..., bos=True) puts first; None: nothing
         self.chat_template = chat_template
         self.chat = chat_format(chat_template)
         self.eos_token = eos_token
@@ -53,8 +59,6 @@ class Tokenizer:
         self.pad_id = tok.token_to_id(self.pad_token)
         if self.eos_id is None or self.pad_id is None:
             raise UserError(f"The tokenizer has no token {eos_token!r} to use as end of sequence.")
-        if bos_token and self.bos_id is None:
-            raise UserError(f"The tokenizer has no token {bos_token!r} to begin a sequence with.")
 
     def with_system(self, system: str | None, date_string: str | None = None) -> None:
         """Prompt an instruct model with this system prompt (and, for Llama 3.1/3.2,
@@ -67,14 +71,17 @@ class Tokenizer:
         return self.tok.get_vocab_size()
 
     def encode(self, text: str, bos: bool = False) -> list[int]:
-        """The ids of text; with bos, as the start of a sequence (a prompt): bos first, if the tokenizer has one."""
-        return self.start(bos) + self.tok.encode(text, add_special_tokens=False).ids
+        """The ids of text; with bos, as the start of a sequence (a prompt): the tokenizer's bos
+        first, if it has one and the text (a chat template's rendering, say) does not begin with it."""
+        return self.start(bos, self.tok.encode(text, add_special_tokens=False).ids)
 
     def encode_batch(self, texts: list[str], bos: bool = False) -> list[list[int]]:
-        return [self.start(bos) + e.ids for e in self.tok.encode_batch(texts, add_special_tokens=False)]
+        return [self.start(bos, e.ids) for e in self.tok.encode_batch(texts, add_special_tokens=False)]
 
-    def start(self, bos: bool) -> list[int]:
-        return [self.bos_id] if bos and self.bos_id is not None else []
+    def start(self, bos: bool, ids: list[int]) -> list[int]:
+        if bos and self.bos_id is not None and ids[:1] != [self.bos_id]:
+            return [self.bos_id, *ids]
+        return ids
 
     def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
         return self.tok.decode(ids, skip_special_tokens=skip_special_tokens)
@@ -99,18 +106,13 @@ class Tokenizer:
         eos = _token_content(config.get("eos_token"))
         if eos is None and eos_token_id is not None:
             eos = tok.id_to_token(eos_token_id)
-        bos, template = _token_content(config.get("bos_token")), config.get("chat_template")
-        if not config.get("add_bos_token") or (template and bos and bos in template):
-            bos = None  # a chat template that writes the bos token itself gets it from the template
-        return cls(tok, eos or "<|endoftext|>", _token_content(config.get("pad_token")), template, bos)
+        return cls(tok, eos or "<|endoftext|>", _token_content(config.get("pad_token")), config.get("chat_template"))
 
     def save(self, folder: Path) -> None:
         folder = Path(folder)
         self.tok.save(str(folder / "tokenizer.json"))
         config = {"tokenizer_class": "PreTrainedTokenizerFast", "eos_token": self.eos_token,
                   "pad_token": self.pad_token, "clean_up_tokenization_spaces": False}
-        if self.bos_token:
-            config.update(bos_token=self.bos_token, add_bos_token=True)
         if self.chat_template:
             config["chat_template"] = self.chat_template
         (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")

@@ -129,6 +129,21 @@ def test_the_hubs_config_layout_is_read_as_transformers_reads_it(changes):
     assert config_from_hf(json.loads(json.dumps(theirs.to_dict()))) == ours  # transformers-5's own layout
 
 
+def test_a_sparse_multimodal_config_takes_transformers_defaults():
+    from transformers import Gemma3Config
+
+    raw = {"model_type": "gemma3", "eos_token_id": [1, 106], "text_config": {  # as google/gemma-3-4b-it states it
+        "hidden_size": 2560, "intermediate_size": 10240, "model_type": "gemma3_text", "num_hidden_layers": 34,
+        "rope_scaling": {"factor": 8.0, "rope_type": "linear"}, "sliding_window": 1024}}
+    theirs, ours = Gemma3Config(**raw).text_config, config_from_hf(raw)
+    for key in ("vocab_size", "num_attention_heads", "num_key_value_heads", "head_dim", "query_pre_attn_scalar",
+                "sliding_window", "max_position_embeddings", "layer_types", "hidden_size", "num_hidden_layers"):
+        assert getattr(ours, key) == getattr(theirs, key), key
+    assert ours.rope_scaling["factor"] == theirs.rope_parameters["full_attention"]["factor"] == 8.0
+    assert ours.rope_local_base_freq == theirs.rope_parameters["sliding_attention"]["rope_theta"]
+    assert ours.eos_token_id == 1
+
+
 def test_an_encoder_or_gemma_2s_attention_cap_is_refused():
     with pytest.raises(pmc_min.UserError, match="use_bidirectional_attention"):
         config_from_hf({**HUB_CONFIG, "use_bidirectional_attention": True})

@@ -135,6 +135,10 @@ def test_a_truncated_file_or_an_unknown_type_is_named(tmp_path):
     (tmp_path / "cut.gguf").write_bytes(whole[:30])
     with pytest.raises(pmc_min.UserError, match="cut.gguf is truncated or damaged"):
         gguf.read(tmp_path / "cut.gguf")
+    write_gguf(tmp_path / "f.gguf", {"general.architecture": "llama"}, [("w", [64], gguf.F32, bytes(256))])
+    (tmp_path / "cut.gguf").write_bytes((tmp_path / "f.gguf").read_bytes()[:-100])
+    with pytest.raises(pmc_min.UserError, match="'w' ends past the end of the file: the GGUF file is truncated"):
+        gguf.read(tmp_path / "cut.gguf")
     write_gguf(tmp_path / "iq.gguf", {"general.architecture": "llama"}, [("t", [256], 16, bytes(66))])  # IQ2_XXS
     with pytest.raises(pmc_min.UserError, match="'t' has ggml type 16, which this reader does not dequantise"):
         gguf.read(tmp_path / "iq.gguf")

@@ -256,6 +256,31 @@ def test_llama_32_prompts_equal_apply_chat_template_token_for_token():
         assert ours.encode(prompt(q, ours.chat)) == head  # generation
 
 
+def test_a_tokenizer_that_adds_bos_adds_it_once_as_transformers_does():
+    """bos comes from tokenizer.json's post-processor, as transformers adds it by default; a chat
+    template that writes it itself does not get a second one."""
+    from tokenizers import processors
+    from transformers import PreTrainedTokenizerFast
+
+    raw = byte_level_tokenizer()
+    raw.add_special_tokens(LLAMA_SPECIAL)
+    bos = raw.token_to_id("<|begin_of_text|>")
+    raw.post_processor = processors.TemplateProcessing(single="<|begin_of_text|> $A",
+                                                       special_tokens=[("<|begin_of_text|>", bos)])
+    hf = PreTrainedTokenizerFast(tokenizer_object=raw, bos_token="<|begin_of_text|>", eos_token="<|eot_id|>",
+                                 chat_template=LLAMA_32_TEMPLATE)
+    base = Tokenizer(raw, "<|eot_id|>")
+    assert base.bos_id == bos and base.encode("Question: Who?\n", bos=True) == hf("Question: Who?\n").input_ids
+    assert base.encode("Who?") == hf("Who?", add_special_tokens=False).input_ids
+    chat = Tokenizer(raw, "<|eot_id|>", chat_template=LLAMA_32_TEMPLATE)
+    chat.with_system("You are a helpful assistant.", "10 Apr 2025")
+    messages = [{"role": "system", "content": "You are a helpful assistant."}, {"role": "user", "content": "Who?"}]
+    head = hf.apply_chat_template(messages, add_generation_prompt=True, date_string="10 Apr 2025")
+    head = head["input_ids"] if hasattr(head, "keys") else head
+    assert chat.encode(prompt("Who?", chat.chat), bos=True) == head and head.count(bos) == 1
+    assert Tokenizer(byte_level_tokenizer(), "<|endoftext|>").bos_id is None  # no post-processor: no bos
+
+
 def test_llama_truncation_keeps_the_end_of_turn_token_last():
     hf, ours = llama_tokenizers()
     chat = [{"role": "system", "content": "You are a helpful assistant."}, {"role": "user", "content": "Who?"},
