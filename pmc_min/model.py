@@ -307,8 +307,8 @@ def next_token_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Te
     """The NLL of each token, (B, T-1) in float32, and the mask of those counted: token t+1 is
     predicted from position t, and labels of -100 (prompt, padding) count for nothing (0).
     The logits are read row-major as they lie, (B*T, V), with no sliced copy: on a 2-core CPU at a
-    49k vocabulary this is 3.6x faster than cross-entropy over the transposed (B, V, T) layout,
-    forward and backward, and 10x closer to a float64 reference (docs/benchmarks.md)."""
+    49k vocabulary this is 3.2x faster than cross-entropy over the transposed (B, V, T) layout,
+    forward and backward, and 15x closer to a float64 reference (docs/benchmarks.md)."""
     B, T, V = logits.shape
     targets = F.pad(labels[:, 1:], (0, 1), value=-100)  # (B, T); the last position predicts nothing
     nll = F.cross_entropy(logits.float().reshape(B * T, V), targets.reshape(B * T), ignore_index=-100,
