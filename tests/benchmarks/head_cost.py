@@ -10,7 +10,6 @@ import json
 import time
 from pathlib import Path
 
-import torch
 import torch.nn.functional as F
 
 import pmc_min
