@@ -112,7 +112,11 @@ def build_once(folder: Path, build) -> Path:
             if stale.exists():
                 shutil.rmtree(stale)
         tmp.mkdir(parents=True)
-        build(tmp)
+        try:
+            build(tmp)
+        except BaseException:  # a build that fails (or is stopped) leaves nothing half-built behind
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
         (tmp / "READY").write_text("ok\n")
         os.replace(tmp, folder)
     return folder

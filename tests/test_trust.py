@@ -234,6 +234,19 @@ def test_a_cache_folder_that_cannot_be_written_is_named(tmp_path):
     assert not (tmp_path / "o").exists()
 
 
+def test_a_failed_cache_build_leaves_nothing_half_built(tmp_path):
+    from pmc_min.files import build_once
+
+    def broken(tmp):
+        (tmp / "half.bin").write_bytes(b"x")
+        raise pmc_min.UserError("the source is damaged.")
+
+    with pytest.raises(pmc_min.UserError, match="damaged"):
+        build_once(tmp_path / "model", broken)
+    assert [p.name for p in tmp_path.iterdir() if not p.name.endswith(".lock")] == []
+    assert (build_once(tmp_path / "model", lambda tmp: (tmp / "w.bin").write_bytes(b"ok")) / "w.bin").is_file()
+
+
 def test_a_non_finite_update_never_reaches_a_saved_model(setup, tmp_path, monkeypatch):
     from pmc_min.engine import Engine
 
