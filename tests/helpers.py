@@ -126,6 +126,24 @@ def assert_clean_error(out, pattern):
     assert re.search(pattern, out.stderr), out.stderr
 
 
+def cached_logits(model, ids: torch.Tensor, mask: torch.Tensor, prefill: int) -> torch.Tensor:
+    """Logits (B, T, V) of a left-padded batch decoded through the sampler's static cache: the first
+    `prefill` tokens at once, then one token at a time, each step seeing only the slots written."""
+    from pmc_min.kv_cache import clear_cache, setup_cache
+
+    B, S = ids.shape
+    setup_cache(model, batch=B, n_slots=S + 4)
+    key_mask = torch.zeros(B, S + 4, dtype=torch.long)
+    key_mask[:, :S] = mask
+    slots = torch.arange(S + 4)
+    with torch.no_grad():
+        steps = [model(ids[:, :prefill], key_mask.masked_fill(slots >= prefill, 0), torch.arange(prefill))]
+        for t in range(prefill, S):
+            steps.append(model(ids[:, t:t + 1], key_mask.masked_fill(slots > t, 0), torch.tensor([t])))
+    clear_cache(model)
+    return torch.cat(steps, dim=1)
+
+
 LENGTHS = [7, 12, 3, 12]  # a left-padded batch's row lengths
 
 

@@ -9,9 +9,8 @@ import torch
 
 import pmc_min
 from pmc_min.checkpoint import config_from_hf
-from pmc_min.kv_cache import clear_cache, setup_cache
 from pmc_min.sample import Sampling, generate_ids
-from helpers import LENGTHS, assert_parity, byte_level_tokenizer, hf_positions, left_padded_batch
+from helpers import LENGTHS, assert_parity, byte_level_tokenizer, cached_logits, hf_positions, left_padded_batch
 
 ROPE = {"sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
         "full_attention": {"rope_type": "linear", "factor": 4.0, "rope_theta": 1000000.0}}
@@ -60,16 +59,7 @@ def test_cached_decoding_past_the_window_matches_transformers(pair):
     hf, ours, _, _ = pair
     ids, mask = left_padded_batch([11, 6, 11], vocab=320)
     reference = hf(input_ids=ids, attention_mask=mask, position_ids=hf_positions(mask)).logits
-    P, S = 5, ids.shape[1]  # prefill P tokens, then one at a time
-    setup_cache(ours, batch=3, n_slots=S + 4)
-    key_mask = torch.zeros(3, S + 4, dtype=torch.long)
-    key_mask[:, :S] = mask
-    with torch.no_grad():
-        steps = [ours(ids[:, :P], key_mask.masked_fill(torch.arange(S + 4) >= P, 0), torch.arange(P))]
-        for t in range(P, S):
-            steps.append(ours(ids[:, t:t + 1], key_mask.masked_fill(torch.arange(S + 4) > t, 0), torch.tensor([t])))
-    clear_cache(ours)
-    cached = torch.cat(steps, dim=1)
+    cached = cached_logits(ours, ids, mask, prefill=5)
     assert (cached[mask.bool()] - reference[mask.bool()]).abs().max().item() <= 1e-4
 
 

@@ -8,9 +8,8 @@ from safetensors.torch import save_file
 
 import pmc_min
 from pmc_min.checkpoint import config_from_hf
-from pmc_min.kv_cache import clear_cache, setup_cache
 from pmc_min.model import Transformer
-from helpers import LENGTHS, assert_parity, hf_llama, hf_phi, hf_positions, left_padded_batch, write_hf_phi
+from helpers import LENGTHS, assert_parity, cached_logits, hf_llama, hf_phi, hf_positions, left_padded_batch, write_hf_phi
 
 CONFIGS = {
     "base": {},
@@ -46,16 +45,7 @@ def test_kv_cache_decoding_matches_transformers(tmp_path):
     hf, ours, _ = ours_from(tmp_path, "full_rotary_gqa")
     ids, mask = left_padded_batch([9, 5, 9], vocab=hf.config.vocab_size)
     reference = hf(input_ids=ids, attention_mask=mask, position_ids=hf_positions(mask)).logits
-    P, S = 6, ids.shape[1]  # prefill P tokens, then one token at a time
-    setup_cache(ours, batch=3, n_slots=S + 4)
-    key_mask = torch.zeros(3, S + 4, dtype=torch.long)
-    key_mask[:, :S] = mask
-    with torch.no_grad():
-        steps = [ours(ids[:, :P], key_mask.masked_fill(torch.arange(S + 4) >= P, 0), torch.arange(P))]
-        for t in range(P, S):
-            steps.append(ours(ids[:, t:t + 1], key_mask.masked_fill(torch.arange(S + 4) > t, 0), torch.tensor([t])))
-    clear_cache(ours)
-    cached = torch.cat(steps, dim=1)
+    cached = cached_logits(ours, ids, mask, prefill=6)
     real = mask.bool()
     assert (cached[real] - reference[real]).abs().max().item() <= 1e-4
 
