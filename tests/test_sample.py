@@ -10,7 +10,7 @@ from transformers.generation.logits_process import TemperatureLogitsWarper, TopK
 
 import pmc_min
 from pmc_min.rng import seed_of, uniforms
-from pmc_min.sample import Sampling, draw, filter_logits, generate_ids
+from pmc_min.sample import Sampling, draw, draw_listed, filter_logits, generate_ids
 from helpers import write_hf_phi
 
 PROMPTS = [[5, 17, 42, 9, 77, 3, 120], [8, 2], [33, 44, 55, 66], [200, 13, 7, 250, 31, 90, 11, 4, 19, 23], [61]]
@@ -101,6 +101,37 @@ def test_top_p_keeps_the_last_of_equal_logits():
     got = filter_logits(torch.tensor([[3.0, 0, 0, 0, 0, -1]]), Sampling(top_k=2, top_p=0.9))
     expected = TopPLogitsWarper(0.9)(None, TopKLogitsWarper(2)(None, torch.tensor([[3.0, 0, 0, 0, 0, -1]])))
     assert got.isfinite().sum() == expected.isfinite().sum() == 3 and got[0, 3:5].isfinite().all()
+
+
+@given(vocab=st.integers(2, 300), temperature=st.floats(0.1, 3.0), top_k=st.integers(1, 299),
+       top_p=st.floats(0.01, 1.0), seed=st.integers(0, 2**16), levels=st.sampled_from([None, 3, 12]))
+def test_draw_from_the_listed_tokens_picks_what_transformers_warpers_give(vocab, temperature, top_k, top_p, seed,
+                                                                         levels):
+    """The CPU draw on the k largest logits alone picks the token that inverting the CDF of the
+    distribution filtered by HF's warpers picks, in vocabulary order, at the same uniform. With
+    few distinct logit values (`levels`) ties straddle the top-p cut or the k-th logit: where
+    they straddle the top-p cut, the filtered distribution is filter_logits' (whose tie rule
+    HF's unstable sort leaves open, see above); ties of the k-th outside the list give None."""
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(6, vocab, generator=g) * 3
+    if levels:
+        logits = logits.round() * (10 / levels)  # at most 7 distinct values a row: many ties
+    u = torch.rand(6, generator=g)
+    k = min(top_k, vocab - 1)
+    s = Sampling(temperature, top_p, k)
+    got = draw_listed(logits, s, k, u)
+    scaled = logits / temperature
+    boundary_tie = (scaled.topk(k + 1).values[:, k - 1] == scaled.topk(k + 1).values[:, k]).any()
+    if boundary_tie:
+        assert got is None
+        return
+    expected_probs = filter_logits(logits, s).softmax(-1)
+    if not levels:
+        hf = TopPLogitsWarper(top_p)(None, TopKLogitsWarper(k)(None, TemperatureLogitsWarper(temperature)(None, logits)))
+        assert torch.equal(hf.isfinite(), expected_probs > 0)
+    cdf = expected_probs.double().cumsum(-1)
+    expected = torch.searchsorted(cdf, (u.double() * cdf[:, -1])[:, None], right=True).squeeze(-1)
+    assert got.tolist() == expected.clamp(max=vocab - 1).tolist()
 
 
 CHI2_999 = {4: 18.467, 9: 27.877}  # 0.999 quantiles of the chi-square distribution
