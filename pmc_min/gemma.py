@@ -161,7 +161,7 @@ class Block(nn.Module):
 
 class Gemma3(base.Transformer):
     """The same interface as model.Transformer: forward(input_ids, attention_mask, write_pos,
-    last_only, kv_len) -> logits, and one attention module per layer whose `cache` the sampler sets."""
+    last_only, kv_len, keep) -> logits, and one attention module per layer whose `cache` the sampler sets."""
 
     def __init__(self, cfg: GemmaConfig):
         nn.Module.__init__(self)
@@ -176,7 +176,7 @@ class Gemma3(base.Transformer):
         self.apply(self._init_weights)
         self.kept_cache: dict[tuple, torch.Tensor] = {}
 
-    def forward(self, input_ids, attention_mask=None, write_pos=None, last_only=False, kv_len=None):
+    def forward(self, input_ids, attention_mask=None, write_pos=None, last_only=False, kv_len=None, keep=None):
         allowed, positions, pos, slots, write_pos = attention_layout(self, input_ids, attention_mask, write_pos,
                                                                           kv_len)
         x = self.embed_tokens(input_ids)
@@ -187,9 +187,7 @@ class Gemma3(base.Transformer):
         rope = {False: self.rotary(positions, x.dtype), True: self.rotary_local(positions, x.dtype)}
         for layer in self.layers:
             x = layer(x, *rope[layer.sliding], masks[layer.sliding], write_pos)
-        if last_only:
-            x = x[:, -1:]
-        logits = self.lm_head(self.final_layernorm(x))
+        logits = self.head(x, last_only, keep)
         cap = self.config.final_logit_softcapping
         return logits if cap is None else torch.tanh(logits / cap) * cap
 

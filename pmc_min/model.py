@@ -265,8 +265,10 @@ class Transformer(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 write_pos: torch.Tensor | None = None, last_only: bool = False,
-                kv_len: int | None = None) -> torch.Tensor:
-        """Logits (B, T, V) for input_ids (B, T); (B, 1, V) with last_only.
+                kv_len: int | None = None, keep: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits (B, T, V) for input_ids (B, T); (B, 1, V) with last_only; (K, V) with keep,
+        a (B, T) bool mask: the positions where it is True, packed in row-major order (a loss
+        needs the head only where a label follows, see `labelled_nll`).
 
         Without a cache, attention_mask is (B, T) and may pad on the left or the
         right. With a cache (`kv_cache.setup_cache`), the T tokens go to the cache
@@ -283,8 +285,14 @@ class Transformer(nn.Module):
         cos, sin = self.rotary(positions, x.dtype)
         for layer in self.layers:
             x = layer(x, cos, sin, mask, write_pos)
+        return self.head(x, last_only, keep)
+
+    def head(self, x: torch.Tensor, last_only: bool = False, keep: torch.Tensor | None = None) -> torch.Tensor:
+        """The final norm and the output projection, on the positions asked for (see forward)."""
         if last_only:
             x = x[:, -1:]
+        elif keep is not None:
+            x = x[keep]
         return self.lm_head(self.final_layernorm(x))
 
 
@@ -316,6 +324,20 @@ def next_token_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Te
     return nll.view(B, T)[:, :-1], targets[:, :-1] != -100
 
 
+def labelled_nll(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                 labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """next_token_nll(model(input_ids, attention_mask), labels), with the head run only at the
+    positions whose next token is labelled: on a TOFU batch about half the positions are prompt or
+    padding, and at a 262k vocabulary the head is most of a training step (docs/benchmarks.md).
+    The same values up to float rounding (a matrix product over fewer rows)."""
+    targets = F.pad(labels[:, 1:], (0, 1), value=-100)  # (B, T); the last position predicts nothing
+    counted = targets != -100
+    logits = model(input_ids, attention_mask, keep=counted)  # (K, V)
+    nll = torch.zeros(counted.shape, dtype=torch.float32, device=logits.device)
+    nll[counted] = F.cross_entropy(logits.float(), targets[counted], reduction="none")
+    return nll[:, :-1], counted[:, :-1]
+
+
 def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor, reduction: str = "mean",
                    total: float | None = None) -> torch.Tensor:
     """Next-token NLL averaged over the counted tokens; reduction='none' gives one mean per row.
@@ -330,4 +352,5 @@ def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor, reduction: str = 
     return nll.sum() / counted.sum().clamp(min=1)
 
 
-__all__ = ["Config", "ConfigError", "NORMS", "Transformer", "autocast", "causal_lm_loss", "next_token_nll"]
+__all__ = ["Config", "ConfigError", "NORMS", "Transformer", "autocast", "causal_lm_loss", "labelled_nll",
+           "next_token_nll"]

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from . import distributed
-from .model import Transformer, autocast, next_token_nll
+from .model import Transformer, autocast, labelled_nll
 from .sample import Sampling, generate_ids, prompt_seeds
 from .tokenizer import Tokenizer
 
@@ -114,7 +114,7 @@ def token_nll(model: Transformer, batch: dict) -> tuple[torch.Tensor, torch.Tens
     """Teacher-forced: the NLL of every labelled token of an encode_qa batch, (B, T-1) in float32 (0 where
     not counted: the prompt and padding), and the mask of counted tokens. Token t+1 is predicted from
     position t. Every loss and every answer score of pmc_min is a sum of these."""
-    return next_token_nll(model(batch["input_ids"], batch["attention_mask"]), batch["labels"])
+    return labelled_nll(model, batch["input_ids"], batch["attention_mask"], batch["labels"])
 
 
 def answer_nll(model: Transformer, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:

@@ -152,7 +152,7 @@ def assert_parity(hf, ours) -> torch.Tensor:
     import pytest
 
     from pmc_min.checkpoint import to_hf_name
-    from pmc_min.model import causal_lm_loss
+    from pmc_min.model import causal_lm_loss, labelled_nll
 
     ids, mask = left_padded_batch(LENGTHS, vocab=hf.config.vocab_size)
     # The first real token of a row is predicted from padding; like a prompt, it is no label.
@@ -170,6 +170,16 @@ def assert_parity(hf, ours) -> torch.Tensor:
     out.loss.backward()
     loss.backward()
     hf_grads = {k: p.grad for k, p in hf.named_parameters()}
+    for key, p in ours.named_parameters():
+        assert torch.allclose(p.grad, hf_grads[to_hf_name(key, ours.config.model_type)], atol=1e-5, rtol=1e-4), key
+
+    # The training loss runs the head only where a label follows: the same loss and gradients.
+    ours.zero_grad()
+    nll, counted = labelled_nll(ours, ids, mask, labels)
+    assert counted.sum() < mask.sum() - 1  # some positions are left out
+    trimmed = nll.sum() / counted.sum()
+    assert trimmed.item() == pytest.approx(out.loss.item(), abs=1e-5)
+    trimmed.backward()
     for key, p in ours.named_parameters():
         assert torch.allclose(p.grad, hf_grads[to_hf_name(key, ours.config.model_type)], atol=1e-5, rtol=1e-4), key
     return logits
