@@ -29,7 +29,8 @@ from pmc_min.data import FORGET_SPLITS
 from pmc_min.errors import Terminated
 from pmc_min.files import write_json
 from pmc_min.pipeline import (NO_SPACE, Evaluations, OwnDataEvaluations, Stopwatch, evaluate_before,
-                              finish_overunlearn, overunlearn_base, starting_point, stopped, train, write_results)
+                              finish_overunlearn, overunlearn_base, starting_point, stopped, train,
+                              write_open_unlearning, write_results)
 from pmc_min.settle import check_device, settle, unlock
 
 
@@ -84,6 +85,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--reference-model", help="the retain-only reference model for --eval tofu's forget quality "
                                              "(a folder or hub id; default: the model fine-tuned on the retain "
                                              "rows as it is on TOFU, built once and cached)")
+    p.add_argument("--reference-logs", help="a retain model's TOFU_EVAL.json, as open-unlearning writes and "
+                                            "publishes them: --eval tofu's forget quality compares with its "
+                                            "forget truth ratios instead of a reference model's")
     p.add_argument("--eval-samples", type=int, help="samples per forget question for leakage, prefill and "
                                                     "factleak")
     p.add_argument("--eval-temperature", type=float, default=1.0, help="sampling temperature of leakage, prefill "
@@ -115,7 +119,7 @@ def run_config(args: argparse.Namespace) -> RunConfig:
                      evals=requested_evals(args.eval), eval_samples=args.eval_samples,
                      eval_temperature=args.eval_temperature, full_eval=args.full_eval, limit=args.limit,
                      save_every=args.save_every, finetune_epochs=args.finetune_epochs, reference=args.reference,
-                     reference_model=folder_or_name(args.reference_model), probe_text=path(args.probe_text),
+                     reference_model=folder_or_name(args.reference_model), reference_logs=path(args.reference_logs), probe_text=path(args.probe_text),
                      forget_questions=path(args.forget_questions), retain=path(args.retain),
                      forget_answers=path(args.forget_answers), progress=not args.no_progress,
                      unlearn_flags={k: given[k] for k in UNLEARN_FLAGS if k in given})
@@ -189,6 +193,7 @@ def main(argv=None) -> int:
         if before is None:
             before = evaluate_before(run, evaluations, model, tokenizer)
             if distributed.main_rank():
+                write_open_unlearning(before, run.out / "before")
                 write_json(run.out / "before.json", before)
             clock.lap("evaluate_before")
         base_probs, base = overunlearn_base(run, evaluations, tokenizer, before)
@@ -199,6 +204,7 @@ def main(argv=None) -> int:
         finish_overunlearn(after, before, base_probs, base)
         clock.lap("evaluate_after")
         if distributed.main_rank():
+            write_open_unlearning(after, run.out)
             write_results(run, model, tokenizer, before, after, curves, clock)
     except KeyboardInterrupt as e:
         raise stopped(run, e, clock.start) from None

@@ -188,6 +188,7 @@ class RunConfig:
     finetune_epochs: int | None = None
     reference: str | None = None
     reference_model: str | None = None
+    reference_logs: str | None = None  # an open-unlearning TOFU_EVAL.json: forget quality's reference
     probe_text: str | None = None
     forget_questions: str | None = None
     retain: str | None = None

@@ -12,7 +12,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from . import attacks, checkpoint, distributed, files, own_data, report, tiny, tofu
+from . import attacks, checkpoint, distributed, files, open_unlearning, own_data, report, tiny, tofu
 from .checkpoint import load as load_model
 from .data import load_split
 from .errors import Interrupted, NonFiniteLoss, Terminated, UserError
@@ -116,7 +116,8 @@ class Evaluations:
         if "tofu" in cfg.evals:
             known = {q: g for name, (qs, _) in sets.items() if name != "forget_paraphrased"
                      for q, g in zip(qs, greedy[name])}
-            result["tofu"] = tofu.evaluate(model, tokenizer, run.data.tofu_sets, max_length, self.reference_tr, known)
+            result["tofu"] = tofu.evaluate(model, tokenizer, run.data.tofu_sets, max_length, self.reference_tr, known,
+                                           open_unlearning=True)
         if set(cfg.evals) - {"tofu"}:
             result["robustness"] = robustness(model, tokenizer, run, self.perturbed, self.token_set, base_probs)
         return result
@@ -256,6 +257,14 @@ def finish_overunlearn(after: dict, before: dict, base_probs, base: str) -> None
         result.get("robustness", {}).get("overunlearn", {}).pop("probs", None)
 
 
+def write_open_unlearning(result: dict, folder: Path) -> None:
+    """TOFU's metrics as open-unlearning's TOFU_EVAL.json and TOFU_SUMMARY.json in folder (the run's
+    --out after unlearning, its before/ before), kept out of results.json."""
+    logs = result.get("tofu", {}).pop("open_unlearning", None)
+    if logs is not None:
+        open_unlearning.write(logs, folder)
+
+
 def write_results(run: Run, model, tokenizer, before: dict, after: dict, curves: dict, clock) -> None:
     """results.json, the plots and the model; `clock` holds the wall seconds of each stage (`stages`)
     and of the whole run (`total`)."""
@@ -307,6 +316,8 @@ def reference_truth_ratios(run: Run) -> list[float]:
     """The retain-only reference model's forget truth ratios (TOFU's forget quality compares
     with them), computed once per run."""
     cfg = run.config
+    if cfg.reference_logs:
+        return open_unlearning.reference_truth_ratios(cfg.reference_logs)
     path = run.out / "reference_truth_ratio.json"
     if path.is_file():
         return json.loads(path.read_text())

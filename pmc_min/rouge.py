@@ -11,6 +11,7 @@ big-integer add per candidate token instead of a row of the DP table.
 from __future__ import annotations
 
 import re
+from collections import Counter
 from functools import lru_cache
 
 from .porter import stem as porter_stem
@@ -89,3 +90,10 @@ def rouge_l_batch(references: list[str], candidates: list[str], stem: bool = Tru
 
 def rouge_l_recall(reference: str, candidate: str, stem: bool = True) -> float:
     return rouge_l(reference, candidate, stem)[1]
+
+
+def rouge_1_recall(reference: str, candidate: str, stem: bool = True) -> float:
+    """ROUGE-1 recall as rouge-score's `RougeScorer(['rouge1'])`: the reference's tokens that the
+    candidate has too, each counted as often as both have it, over the reference's tokens."""
+    ref, cand = Counter(tokenize(reference, stem)), Counter(tokenize(candidate, stem))
+    return sum((ref & cand).values()) / max(sum(ref.values()), 1)

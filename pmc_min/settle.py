@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from . import checkpoint, distributed, own_data, tiny, tiny_data, tofu
+from . import checkpoint, distributed, open_unlearning, own_data, tiny, tiny_data, tofu
 from .checkpoint import load as load_model
 from .config import CPU_PROTOCOL, MAX_SAMPLES, RunConfig, sampling_problems
 from .data import RETAIN_OF, load_split, resolve_data_dir, wikitext_probe
@@ -89,11 +89,17 @@ def check_inputs(cfg: RunConfig) -> None:
     for given in (cfg.model, cfg.reference_model):
         if given and given != "tiny":
             checkpoint.check_name(given)
+    if cfg.reference_logs:
+        if "tofu" not in cfg.evals:
+            raise UserError("--reference-logs is the reference of --eval tofu's forget quality; add --eval tofu.")
+        if cfg.reference_model:
+            raise UserError("--reference-logs and --reference-model both name forget quality's reference; give one.")
+        open_unlearning.reference_truth_ratios(cfg.reference_logs)  # readable, and in open-unlearning's shape
     check_own_data(cfg)
 
 
-TOFU_ONLY = ("data_dir", "split", "reference", "reference_model", "evals", "finetune_epochs", "probe_text",
-             "full_eval")
+TOFU_ONLY = ("data_dir", "split", "reference", "reference_model", "reference_logs", "evals", "finetune_epochs",
+             "probe_text", "full_eval")
 
 
 def check_own_data(cfg: RunConfig) -> None:
@@ -205,6 +211,12 @@ def settle_tofu(cfg: RunConfig, out: Path) -> Run:
     cfg.merged("tiny" if cfg.model == "tiny" else preset_of(model_dir))
     if not cfg.reference:
         run_length(len(data.forget_rows), cfg.unlearn)  # too short for one optimizer step: fail now, not later
+    if cfg.reference_logs:
+        record_input(cfg.reference_logs)
+        given, asked = len(open_unlearning.reference_truth_ratios(cfg.reference_logs)), len(data.tofu_sets["forget"])
+        if given != asked:
+            raise UserError(f"--reference-logs {cfg.reference_logs} scores {given} forget items, and this run's "
+                            f"forget set has {asked}: logs of the same split (and protocol) are needed.")
     if "overunlearn" in cfg.evals:
         data.probe = probe_texts(cfg, data_dir)
     if "factleak" in cfg.evals and (data_dir / "authors.json").is_file():  # the synthetic data's own facts

@@ -38,7 +38,8 @@ import numpy as np
 from .data import load_split
 from .errors import UserError
 from .model import Transformer
-from .qa import generate_answers, score_answers
+from .open_unlearning import eval_logs
+from .qa import generate_answers, prompt, score_answers
 from .rouge import rouge_l_recall
 from .stats import harmonic_mean, ks_2samp
 from .tokenizer import Tokenizer
@@ -105,11 +106,14 @@ def split_metrics(name: str, losses: dict[str, np.ndarray], rouge: float) -> dic
 
 
 def evaluate(model: Transformer, tokenizer: Tokenizer, sets: dict[str, list[dict]], max_length: int,
-             reference_forget: list[float] | None = None, greedy: dict[str, str] | None = None) -> dict:
+             reference_forget: list[float] | None = None, greedy: dict[str, str] | None = None,
+             open_unlearning: bool = False) -> dict:
     """TOFU's metrics of one model; forget quality when the reference model's forget truth ratios
     are given. `greedy` maps questions to this model's greedy answers where they are known already
-    (at the same max_length); the other questions are answered here."""
-    splits, forget_tr, greedy = {}, None, dict(greedy or {})
+    (at the same max_length); the other questions are answered here. With open_unlearning, the
+    result's "open_unlearning" holds the same numbers, item by item, as open-unlearning's
+    TOFU_EVAL.json has them (`open_unlearning.eval_logs`)."""
+    splits, measured, greedy = {}, {}, dict(greedy or {})
     for name, rows in sets.items():
         losses = item_losses(model, tokenizer, rows, max_length)
         todo = [q for q in dict.fromkeys(r["question"] for r in rows) if q not in greedy]
@@ -118,8 +122,9 @@ def evaluate(model: Transformer, tokenizer: Tokenizer, sets: dict[str, list[dict
                                                                      max_length=max_length))))
         rouge = float(np.mean([rouge_l_recall(r["answer"], greedy[r["question"]]) for r in rows]))
         splits[name] = split_metrics(name, losses, rouge)
-        if name == "forget":
-            forget_tr = truth_ratios(losses).tolist()
+        measured[name] = {"rows": rows, "losses": losses, "generations": [greedy[r["question"]] for r in rows],
+                          "prompts": [prompt(r["question"], tokenizer.chat) for r in rows]}
+    forget_tr = truth_ratios(measured["forget"]["losses"]).tolist()
     components = {f"{split}_{metric}": splits[split][metric] for split in UTILITY_SPLITS
                   for metric in ("probability", "rouge_l_recall", "truth_ratio")}
     result = {"model_utility": harmonic_mean(components.values()), "components": components, "splits": splits,
@@ -128,4 +133,6 @@ def evaluate(model: Transformer, tokenizer: Tokenizer, sets: dict[str, list[dict
         d, p = ks_2samp(forget_tr, reference_forget)
         result.update(forget_quality=p, ks_statistic=d)
         result["truth_ratio"]["reference_forget"] = list(reference_forget)
+    if open_unlearning:
+        result["open_unlearning"] = eval_logs(measured, result.get("forget_quality"))
     return result

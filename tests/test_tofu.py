@@ -184,7 +184,7 @@ def test_malformed_perturbed_answers_end_in_one_sentence(tmp_path):
 
 
 def test_run_py_eval_tofu_writes_what_recomputes_both_headline_numbers(tmp_path):
-    from helpers import run_py
+    from helpers import assert_clean_error, run_py
     from pmc_min.tiny_data import make_dataset
 
     make_dataset(tmp_path / "data")
@@ -207,3 +207,101 @@ def test_run_py_eval_tofu_writes_what_recomputes_both_headline_numbers(tmp_path)
         assert t["forget_quality"] == pytest.approx(ref.pvalue) and t["ks_statistic"] == pytest.approx(ref.statistic)
         assert t["model_utility"] == pytest.approx(float(sps.hmean(list(t["components"].values()))))
         assert len(t["components"]) == 9
+        # open-unlearning's files: the same headline numbers; the model before unlearning in before/
+        folder = tmp_path / "run" / ("before" if when == "before" else "")
+        summary = __import__("json").loads((folder / "TOFU_SUMMARY.json").read_text())
+        assert (summary["forget_quality"], summary["model_utility"]) == (t["forget_quality"], t["model_utility"])
+        assert "open_unlearning" not in t
+    # A run's own TOFU_EVAL.json as the reference: the same model again, forget quality 1.0.
+    logs = str(tmp_path / "run" / "TOFU_EVAL.json")
+    again = run_py(*common, "--eval", "tofu", "--reference-logs", logs, "--out", str(tmp_path / "again"))
+    assert again.returncode == 0, again.stderr
+    summary = __import__("json").loads((tmp_path / "again" / "TOFU_SUMMARY.json").read_text())
+    assert summary["forget_quality"] == 1.0
+    (tmp_path / "bad.json").write_text('{"forget_truth_ratio": []}')
+    assert_clean_error(run_py(*common, "--eval", "tofu", "--reference-logs", str(tmp_path / "bad.json")),
+                       r"is not an open-unlearning TOFU_EVAL\.json")
+    assert_clean_error(run_py(*common, "--reference-logs", logs), r"add --eval tofu")
+    assert_clean_error(run_py(*[a if a != "10" else "8" for a in common], "--eval", "tofu", "--reference-logs", logs),
+                       r"scores 10 forget items, and this run's forget set has 8")
+
+
+def test_open_unlearning_logs_follow_its_formulas(tmp_path):
+    """TOFU_EVAL.json's entries recomputed as open-unlearning computes them (memorization.py's
+    probability and truth_ratio with its 1e-10, rouge-score's ROUGE-1 and ROUGE-L, scipy's hmean and
+    ks_2samp), and one answer's avg_loss against transformers on open-unlearning's own row."""
+    from rouge_score import rouge_scorer
+    from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
+
+    from pmc_min import open_unlearning
+    from pmc_min.tiny_data import make_dataset
+
+    make_dataset(tmp_path / "data")
+    write_hf_phi(tmp_path / "model")
+    model, tok = pmc_min.load(tmp_path / "model")
+    sets = {k: rows[:5] for k, rows in tofu.tofu_sets(tmp_path / "data", "forget10").items()}
+    reference = [1.0, 2.0, 0.5, 3.0, 0.25]
+    r = tofu.evaluate(model, tok, sets, max_length=64, reference_forget=reference, open_unlearning=True)
+    logs = r["open_unlearning"]
+    assert list(logs) == sorted(logs) and len(logs) == 22
+    scorer = rouge_scorer.RougeScorer(["rouge1", "rougeL"], use_stemmer=True)
+    for pre in ("forget", "retain", "ra", "wf"):
+        for name in (f"{pre}_Q_A_Prob", f"{pre}_Q_A_PERT_Prob"):
+            entries = logs[name]["value_by_index"]
+            assert list(entries) == ["0", "1", "2", "3", "4"]
+            for e in entries.values():
+                assert np.allclose(e["prob"], np.exp(-np.asarray(e["avg_loss"])), rtol=1e-12)
+            assert logs[name]["agg_value"] == pytest.approx(np.mean([e["prob"] for e in entries.values()]))
+        for e in logs[f"{pre}_Q_A_ROUGE"]["value_by_index"].values():
+            s = scorer.score(e["ground_truth"], e["generation"])
+            assert (e["rouge1_recall"], e["rougeL_recall"]) == (s["rouge1"].recall, s["rougeL"].recall)
+            assert e["rougeL_f1"] == pytest.approx(s["rougeL"].fmeasure, abs=1e-12)
+        correct = logs[f"{pre}_Q_A_PARA_Prob" if pre in ("forget", "retain") else f"{pre}_Q_A_Prob"]
+        c = np.array([e["avg_loss"] for e in correct["value_by_index"].values()])
+        w = np.array([np.mean(e["avg_loss"]) for e in logs[f"{pre}_Q_A_PERT_Prob"]["value_by_index"].values()])
+        tr = np.exp(-w) / (np.exp(-c) + 1e-10)  # open-unlearning: wrong / correct
+        # pmc_min leaves out the 1e-10, a relative difference of at most 1e-10 / P(correct) (documented)
+        rtol = 1e-6 + 1e-10 / np.exp(-c).min()
+        entry = logs["forget_truth_ratio" if pre == "forget" else f"{pre}_Truth_Ratio"]
+        assert np.allclose([e["score"] for e in entry["value_by_index"].values()], tr, rtol=rtol, atol=0)
+        agg = np.mean(np.minimum(tr, 1 / (tr + 1e-10))) if pre == "forget" else np.mean(np.maximum(0, 1 - tr))
+        assert entry["agg_value"] == pytest.approx(agg, rel=rtol, abs=rtol * tr.max())
+    for pre in ("ra", "wf"):
+        p = np.array([e["prob"] for e in logs[f"{pre}_Q_A_Prob"]["value_by_index"].values()])
+        wrong = np.array([np.sum(e["prob"]) for e in logs[f"{pre}_Q_A_PERT_Prob"]["value_by_index"].values()])
+        got = [e["prob"] for e in logs[f"{pre}_Q_A_Prob_normalised"]["value_by_index"].values()]
+        assert np.allclose(got, p / (p + wrong + 1e-10), rtol=1e-6)
+    utility = [logs[n]["agg_value"] for n in open_unlearning.UTILITY]
+    assert logs["model_utility"]["agg_value"] == pytest.approx(float(sps.hmean(utility))) == r["model_utility"]
+    forget_scores = [e["score"] for e in logs["forget_truth_ratio"]["value_by_index"].values()]
+    assert logs["forget_quality"]["agg_value"] == pytest.approx(sps.ks_2samp(forget_scores, reference).pvalue)
+    assert open_unlearning.summary(logs) == {k: logs[k]["agg_value"] for k in (
+        "forget_Q_A_Prob", "forget_Q_A_ROUGE", "forget_quality", "forget_truth_ratio", "model_utility")}
+    # One avg_loss against transformers on open-unlearning's row of that question and answer.
+    hf = AutoModelForCausalLM.from_pretrained(tmp_path / "model")
+    hf_tok = PreTrainedTokenizerFast(tokenizer_file=str(tmp_path / "model" / "tokenizer.json"), eos_token="<|endoftext|>")
+    rows = [open_unlearning_row(hf_tok, r["question"], r["answer"]) for r in sets["forget"]]
+    i = min(range(len(rows)), key=lambda i: len(rows[i][0]))  # one within max_length, uncut
+    ids, labels = rows[i]
+    assert len(ids) <= 64
+    with torch.no_grad():
+        expected = hf(torch.tensor([ids]), labels=torch.tensor([labels])).loss.item()
+    assert logs["forget_Q_A_Prob"]["value_by_index"][str(i)]["avg_loss"] == pytest.approx(expected, rel=1e-5)
+
+
+def test_reference_logs_that_are_not_open_unlearnings_end_in_one_sentence(tmp_path):
+    from pmc_min import open_unlearning
+
+    cases = {"not json": "{", "no truth ratios": '{"forget_Q_A_Prob": {}}',
+             "no scores": '{"forget_truth_ratio": {"agg_value": 0.5}}',
+             "a bad score": '{"forget_truth_ratio": {"value_by_index": {"0": {"score": "x"}}}}',
+             "negative": '{"forget_truth_ratio": {"value_by_index": {"0": {"score": -1}}}}'}
+    for name, text in cases.items():
+        (tmp_path / "logs.json").write_text(text)
+        with pytest.raises(pmc_min.UserError, match=r"^--reference-logs .*\.$"):
+            open_unlearning.reference_truth_ratios(tmp_path / "logs.json")
+    with pytest.raises(pmc_min.UserError, match="cannot be read"):
+        open_unlearning.reference_truth_ratios(tmp_path / "absent.json")
+    (tmp_path / "logs.json").write_text('{"forget_truth_ratio": {"value_by_index": {"1": {"score": 2}, '
+                                        '"0": {"score": 0.5}}}}')
+    assert open_unlearning.reference_truth_ratios(tmp_path / "logs.json") == [0.5, 2.0]  # index order
