@@ -75,6 +75,15 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "else the model's own)")
     p.add_argument("--fsdp", action="store_true", default=None, help="under torchrun: shard weights, gradients and "
                    "AdamW states per transformer block with FSDP2 (default: DistributedDataParallel)")
+    p.add_argument("--lora", type=int, dest="lora_rank", metavar="RANK", help="train low-rank adapters of this "
+                   "rank beside frozen weights (LoRA), not every weight; the run also writes the adapter in PEFT's "
+                   "layout (docs/usage.md)")
+    p.add_argument("--lora-alpha", type=float, help="LoRA's alpha: the update is scaled by alpha / rank (default: "
+                                                    "2 x rank)")
+    p.add_argument("--lora-targets", type=lambda s: [t.strip() for t in s.split(",") if t.strip()],
+                   help="the projections LoRA adapts, comma-separated HF module names (default: every attention and "
+                        "MLP projection: q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj; Phi: "
+                        "q_proj,k_proj,v_proj,dense,fc1,fc2)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--full-eval", action="store_true", help="evaluate the whole retain split, not 400 rows")
     p.add_argument("--limit", type=int, help="use only the first N rows of every split (quick smoke runs)")
@@ -119,7 +128,8 @@ def run_config(args: argparse.Namespace) -> RunConfig:
                      evals=requested_evals(args.eval), eval_samples=args.eval_samples,
                      eval_temperature=args.eval_temperature, full_eval=args.full_eval, limit=args.limit,
                      save_every=args.save_every, finetune_epochs=args.finetune_epochs, reference=args.reference,
-                     reference_model=folder_or_name(args.reference_model), reference_logs=path(args.reference_logs), probe_text=path(args.probe_text),
+                     reference_model=folder_or_name(args.reference_model), reference_logs=path(args.reference_logs),
+                     probe_text=path(args.probe_text),
                      forget_questions=path(args.forget_questions), retain=path(args.retain),
                      forget_answers=path(args.forget_answers), progress=not args.no_progress,
                      unlearn_flags={k: given[k] for k in UNLEARN_FLAGS if k in given})

@@ -299,14 +299,19 @@ def load(name_or_path: str | Path, device="cpu", dtype=torch.float32) -> tuple[T
     return model, Tokenizer.from_folder(folder, eos_token_id=cfg.eos_token_id)
 
 
-def save_atomic(model: Transformer, tokenizer: Tokenizer, path: str | Path) -> None:
-    """`save` into a temporary sibling folder, renamed into place only when whole: a killed or
+def save_atomic(model: Transformer, tokenizer: Tokenizer, path: str | Path, state: dict | None = None) -> None:
+    """`save` into a temporary sibling folder, renamed into place only when whole."""
+    replace_atomic(path, lambda tmp: save(model, tokenizer, tmp, state))
+
+
+def replace_atomic(path: str | Path, write) -> None:
+    """write(tmp) into a temporary sibling folder, renamed to path only when whole: a killed or
     failed write leaves the previous folder (or none), never half of one."""
     path = Path(path)
     tmp = path.with_name(f".tmp-{path.name}")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        save(model, tokenizer, tmp)
+        write(tmp)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -315,12 +320,14 @@ def save_atomic(model: Transformer, tokenizer: Tokenizer, path: str | Path) -> N
     os.replace(tmp, path)
 
 
-def save(model: Transformer, tokenizer: Tokenizer, path: str | Path) -> None:
-    """Write HF's layout, which both pmc_min.load and transformers' from_pretrained read."""
+def save(model: Transformer, tokenizer: Tokenizer, path: str | Path, state: dict | None = None) -> None:
+    """Write HF's layout, which both pmc_min.load and transformers' from_pretrained read; state:
+    the weights under pmc_min's names (default: the model's own; a LoRA model's base or merged
+    weights, `lora.base_state` / `lora.merged_state`)."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     tensors = {}
-    for key, t in model.state_dict().items():
+    for key, t in (model.state_dict() if state is None else state).items():
         if key == "lm_head.weight" and model.config.tie_word_embeddings:
             continue
         tensors[to_hf_name(key, model.config.model_type)] = t.detach().contiguous().cpu()

@@ -69,6 +69,9 @@ class UnlearnConfig:
     sample_dtype: str | None = None  # PMC's sampling from a copy of the weights in this dtype (bfloat16 on a GPU)
     fsdp: bool = False  # under torchrun: FSDP2 shards weights, gradients and AdamW states per block (else DDP)
     max_grad_norm: float | None = None  # clip the gradient norm to this (None: no clipping, as the authors)
+    lora_rank: int | None = None  # train LoRA adapters of this rank beside frozen weights (lora.py), not every weight
+    lora_alpha: float | None = None  # LoRA's update is scaled by alpha / rank (None: 2 x rank)
+    lora_targets: list[str] | None = None  # HF module names LoRA adapts (None: lora.TARGETS of the architecture)
     update_count: str = "trainer"  # when AdamW updates: at HF Trainer's steps, or "deepspeed" (train.updates_now)
     npo_beta: float = 0.1
     simnpo_beta: float = 2.5
@@ -107,11 +110,22 @@ class UnlearnConfig:
             problems.append(f"the gradient clipping norm must be positive, not {self.max_grad_norm}")
         if not self.lr > 0:
             problems.append(f"the learning rate must be positive, not {self.lr}")
+        if self.lora_rank is not None and self.lora_rank < 1:
+            problems.append(f"the LoRA rank (--lora) must be 1 or more, not {self.lora_rank}")
+        if self.lora_rank is None and (self.lora_alpha is not None or self.lora_targets is not None):
+            problems.append("--lora-alpha and --lora-targets go with --lora RANK")
+        if self.lora_alpha is not None and not (math.isfinite(self.lora_alpha) and self.lora_alpha > 0):
+            problems.append(f"the LoRA alpha must be positive, not {self.lora_alpha}")
+        if self.lora_targets is not None and not self.lora_targets:
+            problems.append("--lora-targets names no projection")
         if self.update_count not in UPDATE_COUNTS:
             problems.append(f"the update count must be one of {', '.join(UPDATE_COUNTS)}, not {self.update_count!r}")
         if problems:
             raise UserError(f"Bad hyperparameter: {'; '.join(problems)}.")
         one_process = distributed.WORLD.size == 1 and not distributed.launched()
+        if self.fsdp and self.lora_rank is not None:
+            raise UserError("--lora trains under torchrun with DistributedDataParallel, not --fsdp: leave out --fsdp "
+                            "(the frozen base is not sharded).")
         if self.fsdp and one_process:
             raise UserError("--fsdp shards the model over torchrun's processes; start the run with "
                             "torchrun --nproc-per-node N run.py ...")

@@ -40,7 +40,7 @@ def decay_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     weight decay on every weight matrix and embedding, none on biases and norm weights."""
     spared = {id(p) for m in model.modules() for name, p in m.named_parameters(recurse=False)
               if name == "bias" or isinstance(m, NORMS)}
-    params = list(model.parameters())  # tied weights once
+    params = [p for p in model.parameters() if p.requires_grad]  # tied weights once; LoRA's frozen base left out
     return [{"params": [p for p in params if id(p) not in spared], "weight_decay": weight_decay},
             {"params": [p for p in params if id(p) in spared], "weight_decay": 0.0}]
 
@@ -50,7 +50,7 @@ def optimizer_and_schedule(model: torch.nn.Module, lr: float, weight_decay: floa
     """AdamW, weight decay as HF's Trainer applies it (`decay_groups`; decay_all: on every parameter,
     the tiny default's own recipe); lr rises linearly over warmup_steps, then falls linearly to 0
     (HF's linear schedule)."""
-    groups = model.parameters() if decay_all else decay_groups(model, weight_decay)
+    groups = [p for p in model.parameters() if p.requires_grad] if decay_all else decay_groups(model, weight_decay)
     opt = torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay)
 
     def factor(step: int) -> float:
@@ -137,11 +137,11 @@ class Engine:
     def gradients(self) -> list[torch.Tensor] | None:
         """The gradients accumulated and not yet applied (None: none)."""
         grads = [p.grad for p in self.module.parameters()]
-        return None if all(g is None for g in grads) else [g.detach().clone() for g in grads]
+        return None if all(g is None for g in grads) else [g if g is None else g.detach().clone() for g in grads]
 
-    def set_gradients(self, grads: list[torch.Tensor] | None) -> None:
+    def set_gradients(self, grads: list[torch.Tensor | None] | None) -> None:
         for p, g in zip(self.module.parameters(), grads or [], strict=bool(grads)):
-            p.grad = g.to(p.device)
+            p.grad = None if g is None else g.to(p.device)
 
     @property
     def lr(self) -> float:

@@ -12,7 +12,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from . import attacks, checkpoint, distributed, files, open_unlearning, own_data, report, tiny, tofu
+from . import attacks, checkpoint, distributed, files, lora, open_unlearning, own_data, report, tiny, tofu
 from .checkpoint import load as load_model
 from .data import load_split
 from .errors import Interrupted, NonFiniteLoss, Terminated, UserError
@@ -66,17 +66,31 @@ def fingerprint(inputs) -> str:
     return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def finetuned(run: Run, rows: list[dict], what: str, epochs: int | None = None) -> Path:
-    """The folder of run.model_dir fine-tuned on rows with the run's recipe, built once and
-    cached under the hash of everything that goes into it, so that every method (and the
-    retain-only reference) starts from the same model."""
+def finetuned_folder(run: Run, rows: list[dict], epochs: int | None = None) -> tuple[Path, dict]:
+    """(the cache folder of run.model_dir fine-tuned on rows, built or not; its recipe)."""
     cfg = run.config
     ft = {**asdict(cfg.finetune), **({} if epochs is None else {"epochs": epochs})}
     weights = sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in Path(run.model_dir).iterdir()
                      if f.suffix in (".safetensors", ".json"))
     recipe = {"model": str(Path(run.model_dir).resolve()), "weights": weights, "finetune": ft, "chat": cfg.chat,
               "seed": cfg.seed, "rows": [(r["question"], r["answer"]) for r in rows]}
-    folder = files.cache_root() / "finetuned" / f"{Path(run.model_dir).name}-{fingerprint(recipe)}"
+    return files.cache_root() / "finetuned" / f"{Path(run.model_dir).name}-{fingerprint(recipe)}", recipe
+
+
+def start_folder(run: Run) -> Path:
+    """The model unlearning starts from: the fine-tuned one, or the model itself."""
+    if run.config.finetune.epochs > 0:
+        return finetuned_folder(run, run.data.full_rows)[0]
+    return Path(run.model_dir)
+
+
+def finetuned(run: Run, rows: list[dict], what: str, epochs: int | None = None) -> Path:
+    """The folder of run.model_dir fine-tuned on rows with the run's recipe, built once and
+    cached under the hash of everything that goes into it, so that every method (and the
+    retain-only reference) starts from the same model."""
+    cfg = run.config
+    folder, recipe = finetuned_folder(run, rows, epochs)
+    ft = recipe["finetune"]
     if (folder / "READY").is_file():
         run.log(f"Using {what}, cached in {folder}.")
         return folder
@@ -280,7 +294,11 @@ def write_results(run: Run, model, tokenizer, before: dict, after: dict, curves:
                "before": before, "after": after, "wall_seconds": clock.total, "stage_seconds": clock.stages,
                "curves": curves}
     write_json(out / "results.json", results, indent=1)  # first: it is small, and it is what a run is for
-    checkpoint.save_atomic(model, tokenizer, out / "model")
+    if lora.attached(model):  # the merged model, and the adapter in PEFT's layout for the model it started from
+        checkpoint.save_atomic(model, tokenizer, out / "model", state=lora.merged_state(model))
+        checkpoint.replace_atomic(out / "adapter", lambda tmp: lora.save_adapter(model, tmp, str(start_folder(run))))
+    else:
+        checkpoint.save_atomic(model, tokenizer, out / "model")
     plotted = bool(curves) and report.plot_curves(curves, out / "curves.png")
     if "overunlearn" in after.get("robustness", {}):
         report.plot_overunlearn(after["robustness"]["overunlearn"], out / "overunlearn.png")

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from . import lora
 from .checkpoint import build
 from .engine import Share
 from .method import Method, nll
@@ -159,7 +160,13 @@ class PMC(Method):
     def prepare(self, idx, epoch, curves):
         cfg, model = self.cfg, self.model
         dtype = getattr(torch, cfg.sample_dtype) if cfg.sample_dtype else model.dtype
-        if dtype == model.dtype:
+        if lora.attached(model):  # a plain copy with the adapters merged in: no extra products per token
+            weights = lora.merged_state(model)
+            if self.sampler is None:
+                self.sampler = build(model.config, weights, device=model.device, dtype=dtype)
+            else:
+                self.sampler.load_state_dict(weights)
+        elif dtype == model.dtype:
             self.sampler = model
         elif self.sampler is None:
             self.sampler = build(model.config, dict(model.state_dict()), device=model.device, dtype=dtype)

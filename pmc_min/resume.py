@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from . import distributed
+from . import distributed, lora
 from .checkpoint import load, save
 from .errors import UserError
 from .files import atomic_write_text, fsync_path
@@ -76,7 +76,11 @@ def save_state(out: Path, model, tokenizer, state: TrainingState, engine=None, k
 
 def write_checkpoint(tmp: Path, model, tokenizer, state: TrainingState) -> None:
     """The checkpoint's files, fsynced, in the temporary folder that save_state renames."""
-    save(model, tokenizer, tmp)
+    if lora.attached(model):  # the frozen base in HF's layout, the adapter beside it
+        save(model, tokenizer, tmp, state=lora.base_state(model))
+        lora.save_adapter(model, tmp)
+    else:
+        save(model, tokenizer, tmp)
     plain, tensors = split_method_state(state.method)
     torch_save({"engine": state.engine, "method": tensors, "pending": state.pending}, tmp / "trainer.pt")
     (tmp / "state.json").write_text(json.dumps({
@@ -123,6 +127,11 @@ def load_state(path: Path, device="cpu"):
     naming the file when one of the checkpoint's is missing or damaged."""
     path = Path(path)
     model, tokenizer = load(path, device=device)
+    try:
+        if (path / "adapter_config.json").is_file():  # a LoRA run's: its adapter on the frozen base
+            lora.load_adapter(model, path)
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise damaged(path / "adapter_model.safetensors", e) from None
     try:
         saved = json.loads((path / "state.json").read_text())
         state = TrainingState(epoch=saved["epoch"], step=saved["step"], micro=saved["micro"],

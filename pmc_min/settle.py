@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from . import checkpoint, distributed, open_unlearning, own_data, tiny, tiny_data, tofu
+from . import checkpoint, distributed, lora, open_unlearning, own_data, tiny, tiny_data, tofu
 from .checkpoint import load as load_model
 from .config import CPU_PROTOCOL, MAX_SAMPLES, RunConfig, sampling_problems
 from .data import RETAIN_OF, load_split, resolve_data_dir, wikitext_probe
@@ -188,6 +188,8 @@ def settle(cfg: RunConfig, argv: list[str]) -> Run:
     try:
         run = settle_own_data(cfg, out) if cfg.own_data else settle_tofu(cfg, out)
         check_lengths(run)
+        if cfg.unlearn.lora_rank is not None:  # the targets exist: refused now, not after fine-tuning
+            lora.check_targets(checkpoint.load_config(run.model_dir).model_type, cfg.unlearn.lora_targets)
         if not cfg.resume and distributed.main_rank():
             write_run_file(cfg, argv, out)
         return run

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from tqdm import tqdm
 
-from . import distributed
+from . import distributed, lora
 from .baselines import BASELINES
 from .config import METHODS, UnlearnConfig
 from .curves import CURVES, Curves
@@ -188,6 +188,10 @@ def unlearn(model: Transformer, tokenizer: Tokenizer, forget_rows: list[dict], r
     cfg.validate()
     device, rng = model.device, random.Random(cfg.seed)
     length = run_length(len(forget_rows), cfg)
+    if cfg.lora_rank is not None and not lora.attached(model):  # a resumed LoRA run's checkpoint has its adapter
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.seed)  # the adapters' initial A, the same on every rank and every run
+            lora.attach(model, cfg.lora_rank, cfg.lora_alpha, cfg.lora_targets)
     method = METHOD_CLASSES[cfg.method](model, tokenizer, forget_rows, cfg)
     state = resume or TrainingState()
     curves = Curves(state.curves)
