@@ -47,7 +47,7 @@ def setup(tmp_path_factory):
 ROWS = 7  # micro-batches of 3, 3 and 1 rows: shares of 2 and 1, and a rank left without rows
 
 
-def one_step(folder: Path, method: str) -> tuple[dict, list]:
+def one_step(folder: Path, method: str, lora: bool = False) -> tuple[dict, list]:
     """The weights after the optimizer steps of two epochs of `method`, one step each of 3 micro-batches
     accumulated (the first step's learning rate is 0, the warmup's start, so the second moves the
     weights), and AdamW's first moments, which are linear in the two steps' gradients."""
@@ -55,26 +55,26 @@ def one_step(folder: Path, method: str) -> tuple[dict, list]:
     forget = load_split(folder.parent / "data", "forget05")[:ROWS]
     retain = load_split(folder.parent / "data", "retain95")[:ROWS]
     cfg = UnlearnConfig(method=method, epochs=3, lr=5e-5, batch_size=3, grad_accum=3, max_length=64, n_samples=3,
-                        fsdp=os.environ.get("FSDP") == "1")
+                        fsdp=os.environ.get("FSDP") == "1", lora_rank=4 if lora else None)
     moments = []
 
     def first_moments(state, engine):
         opt = engine.opt
         moments[:] = [getattr(m, "full_tensor", lambda m=m: m)().clone()
-                      for m in (opt.state[p]["exp_avg"] for p in engine.module.parameters())]
+                      for m in (opt.state[p]["exp_avg"] for p in engine.module.parameters() if p.requires_grad)]
 
     curves = unlearn(model, tok, forget, retain, cfg, progress=False, on_epoch_end=first_moments)
     assert curves["step"] == [1, 2]
     return {k: v.detach().clone() for k, v in model.state_dict().items()}, moments
 
 
-def step_worker(rank: int, port: int, folder: Path, method: str, fsdp: bool, out: Path) -> None:
+def step_worker(rank: int, port: int, folder: Path, method: str, fsdp: bool, out: Path, lora: bool = False) -> None:
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(WORLD), MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port), FSDP="1" if fsdp else "0")
     torch.set_num_threads(1)
     distributed.init("cpu")
     try:
-        result = one_step(folder, method)
+        result = one_step(folder, method, lora)
         if rank == 0:
             torch.save(result, out)
     finally:
@@ -97,6 +97,20 @@ def test_one_optimizer_step_equals_the_single_process_step(setup, tmp_path, meth
     # The gradients themselves, through AdamW's first moment: far tighter than the weights, which
     # AdamW's normalisation moves by about lr wherever a gradient is near 0, whatever its rounding.
     assert len(single_m) == len(shared_m) == len(list(before.parameters()))
+    for a, b in zip(single_m, shared_m):
+        assert (a - b).abs().max().item() <= 1e-4 * a.abs().max().item() + 1e-9
+
+
+def test_one_lora_step_under_ddp_equals_the_single_process_step(setup, tmp_path):
+    """LoRA under DistributedDataParallel: the frozen base stays out of the reduction, and the
+    adapters' step and AdamW moments are the single process's."""
+    single, single_m = one_step(setup / "phi", "pmc", lora=True)
+    out = tmp_path / "weights.pt"
+    mp.spawn(step_worker, args=(free_port(), setup / "phi", "pmc", False, out, True), nprocs=WORLD)
+    shared, shared_m = torch.load(out)
+    assert max(single[k].abs().max().item() for k in single if "lora_B" in k) > 2e-5  # B left zero: it moved
+    assert max((single[k] - shared[k]).abs().max().item() for k in single) < 1e-5
+    assert len(single_m) == len(shared_m) == 2 * sum(1 for k in single if "lora_A" in k)
     for a, b in zip(single_m, shared_m):
         assert (a - b).abs().max().item() <= 1e-4 * a.abs().max().item() + 1e-9
 
