@@ -122,6 +122,7 @@ class Evaluations:
         run, cfg = self.run, self.run.config
         max_length, sets = cfg.unlearn.max_length, run.data.sets
         result, greedy = evaluate(model, tokenizer, sets, max_length=max_length)
+        result["answers"] = {"forget": greedy["forget"]}  # every greedy forget answer, in the split's order
         questions = sets["forget"][0]
         scorer, _ = load_model(run.model_dir, device=cfg.device)  # the model before any TOFU fine-tuning
         # room for the whole answer: it was written within max_length, and its end token comes on top

@@ -212,6 +212,8 @@ def test_run_py_eval_tofu_writes_what_recomputes_both_headline_numbers(tmp_path)
         summary = __import__("json").loads((folder / "TOFU_SUMMARY.json").read_text())
         assert (summary["forget_quality"], summary["model_utility"]) == (t["forget_quality"], t["model_utility"])
         assert "open_unlearning" not in t
+        answers = results[when]["answers"]["forget"]  # every greedy forget answer is kept, not only 5
+        assert len(answers) == 10 and answers[:5] == [e["generated"] for e in results[when]["examples"]["forget"]]
     # A run's own TOFU_EVAL.json as the reference: the same model again, forget quality 1.0.
     logs = str(tmp_path / "run" / "TOFU_EVAL.json")
     again = run_py(*common, "--eval", "tofu", "--reference-logs", logs, "--out", str(tmp_path / "again"))
