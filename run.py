@@ -23,14 +23,14 @@ from pathlib import Path
 import torch
 
 import pmc_min
-from pmc_min import distributed, files
+from pmc_min import distributed, files, open_unlearning
 from pmc_min.config import EVALS, METHODS, UNLEARN_FLAGS, RunConfig
 from pmc_min.data import FORGET_SPLITS
 from pmc_min.errors import Terminated
 from pmc_min.files import write_json
 from pmc_min.pipeline import (NO_SPACE, Evaluations, OwnDataEvaluations, Stopwatch, evaluate_before,
                               finish_overunlearn, overunlearn_base, starting_point, stopped, train,
-                              write_open_unlearning, write_results)
+                              write_results)
 from pmc_min.settle import check_device, settle, unlock
 
 
@@ -203,7 +203,7 @@ def main(argv=None) -> int:
         if before is None:
             before = evaluate_before(run, evaluations, model, tokenizer)
             if distributed.main_rank():
-                write_open_unlearning(before, run.out / "before")
+                open_unlearning.write_from(before, run.out / "before")
                 write_json(run.out / "before.json", before)
             clock.lap("evaluate_before")
         base_probs, base = overunlearn_base(run, evaluations, tokenizer, before)
@@ -214,7 +214,7 @@ def main(argv=None) -> int:
         finish_overunlearn(after, before, base_probs, base)
         clock.lap("evaluate_after")
         if distributed.main_rank():
-            write_open_unlearning(after, run.out)
+            open_unlearning.write_from(after, run.out)
             write_results(run, model, tokenizer, before, after, curves, clock)
     except KeyboardInterrupt as e:
         raise stopped(run, e, clock.start) from None

@@ -8,7 +8,8 @@ replacement."""
 from .checkpoint import load, save
 from .config import Sampling, UnlearnConfig
 from .errors import UserError
-from .model import Config, Transformer, causal_lm_loss
+from .losses import causal_lm_loss
+from .model import Config, Transformer
 from .own_data import unlearn_questions
 from .rouge import rouge_l, rouge_l_batch, rouge_l_recall
 from .sample import generate, generate_ids

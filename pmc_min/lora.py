@@ -137,6 +137,15 @@ def save_adapter(model: nn.Module, folder: str | Path, base_model: str | None = 
     (folder / "adapter_config.json").write_text(json.dumps(config, indent=2) + "\n")
 
 
+def write_outputs(model: nn.Module, tokenizer, out: Path, base: str) -> None:
+    """A finished LoRA run's <out>/model (merged, a plain checkpoint) and <out>/adapter (PEFT's
+    layout, for the base model it names), each written whole or not at all."""
+    from .checkpoint import replace_atomic, save_atomic
+
+    save_atomic(model, tokenizer, out / "model", state=merged_state(model))
+    replace_atomic(out / "adapter", lambda tmp: save_adapter(model, tmp, base))
+
+
 def load_adapter(model: nn.Module, folder: str | Path) -> None:
     """Attach and fill the adapter `save_adapter` wrote in folder (a resumed run's checkpoint)."""
     folder = Path(folder)

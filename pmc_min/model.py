@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import warnings
 from dataclasses import dataclass
 
 import torch
@@ -28,6 +27,7 @@ from torch import nn
 
 from .errors import UserError
 from .kv_cache import additive, attention, attention_layout
+from .losses import causal_lm_loss, labelled_nll, next_token_nll  # noqa: F401 (their home before losses.py)
 
 
 class ConfigError(UserError):
@@ -309,47 +309,6 @@ def autocast(device: torch.device):
     if device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
-
-
-def next_token_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The NLL of each token, (B, T-1) in float32, and the mask of those counted: token t+1 is
-    predicted from position t, and labels of -100 (prompt, padding) count for nothing (0).
-    The logits are read row-major as they lie, (B*T, V), with no sliced copy: on a 2-core CPU at a
-    49k vocabulary this is 3.2x faster than cross-entropy over the transposed (B, V, T) layout,
-    forward and backward, and 15x closer to a float64 reference (docs/benchmarks.md)."""
-    B, T, V = logits.shape
-    targets = F.pad(labels[:, 1:], (0, 1), value=-100)  # (B, T); the last position predicts nothing
-    nll = F.cross_entropy(logits.float().reshape(B * T, V), targets.reshape(B * T), ignore_index=-100,
-                          reduction="none")
-    return nll.view(B, T)[:, :-1], targets[:, :-1] != -100
-
-
-def labelled_nll(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                 labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """next_token_nll(model(input_ids, attention_mask), labels), with the head run only at the
-    positions whose next token is labelled: on a TOFU batch about half the positions are prompt or
-    padding, and at a 262k vocabulary the head is most of a training step (docs/benchmarks.md).
-    The same values up to float rounding (a matrix product over fewer rows)."""
-    targets = F.pad(labels[:, 1:], (0, 1), value=-100)  # (B, T); the last position predicts nothing
-    counted = targets != -100
-    logits = model(input_ids, attention_mask, keep=counted)  # (K, V)
-    nll = torch.zeros(counted.shape, dtype=torch.float32, device=logits.device)
-    nll[counted] = F.cross_entropy(logits.float(), targets[counted], reduction="none")
-    return nll[:, :-1], counted[:, :-1]
-
-
-def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor, reduction: str = "mean",
-                   total: float | None = None) -> torch.Tensor:
-    """Next-token NLL averaged over the counted tokens; reduction='none' gives one mean per row.
-    total (deprecated): divide the sum by it instead of the counted tokens."""
-    nll, counted = next_token_nll(logits, labels)
-    if reduction == "none":
-        return nll.sum(-1) / counted.sum(-1).clamp(min=1)
-    if total is not None:
-        warnings.warn("causal_lm_loss(total=) is deprecated and will be removed; divide "
-                      "next_token_nll(logits, labels)[0].sum() by your own count.", DeprecationWarning, stacklevel=2)
-        return nll.sum() / max(total, 1)
-    return nll.sum() / counted.sum().clamp(min=1)
 
 
 __all__ = ["Config", "ConfigError", "NORMS", "Transformer", "autocast", "causal_lm_loss", "labelled_nll",

@@ -110,6 +110,14 @@ def write(logs: dict, folder: Path) -> None:
     write_json(folder / "TOFU_SUMMARY.json", summary(logs), indent=4)
 
 
+def write_from(result: dict, folder: Path) -> None:
+    """The files of a run's evaluation (its --out after unlearning, before/ before): the
+    "open_unlearning" entry of its TOFU result, taken out so that results.json stays small."""
+    logs = result.get("tofu", {}).pop("open_unlearning", None)
+    if logs is not None:
+        write(logs, folder)
+
+
 def reference_truth_ratios(path: str | Path) -> list[float]:
     """The forget truth ratios in a retain model's TOFU_EVAL.json (`forget_truth_ratio`'s
     value_by_index scores, in index order), as open-unlearning's forget quality reads them."""

@@ -79,17 +79,14 @@ def finetuned_folder(run: Run, rows: list[dict], epochs: int | None = None) -> t
 
 def start_folder(run: Run) -> Path:
     """The model unlearning starts from: the fine-tuned one, or the model itself."""
-    if run.config.finetune.epochs > 0:
-        return finetuned_folder(run, run.data.full_rows)[0]
-    return Path(run.model_dir)
+    return finetuned_folder(run, run.data.full_rows)[0] if run.config.finetune.epochs > 0 else Path(run.model_dir)
 
 
 def finetuned(run: Run, rows: list[dict], what: str, epochs: int | None = None) -> Path:
     """The folder of run.model_dir fine-tuned on rows with the run's recipe, built once and
     cached under the hash of everything that goes into it, so that every method (and the
     retain-only reference) starts from the same model."""
-    cfg = run.config
-    folder, recipe = finetuned_folder(run, rows, epochs)
+    cfg, (folder, recipe) = run.config, finetuned_folder(run, rows, epochs)
     ft = recipe["finetune"]
     if (folder / "READY").is_file():
         run.log(f"Using {what}, cached in {folder}.")
@@ -272,14 +269,6 @@ def finish_overunlearn(after: dict, before: dict, base_probs, base: str) -> None
         result.get("robustness", {}).get("overunlearn", {}).pop("probs", None)
 
 
-def write_open_unlearning(result: dict, folder: Path) -> None:
-    """TOFU's metrics as open-unlearning's TOFU_EVAL.json and TOFU_SUMMARY.json in folder (the run's
-    --out after unlearning, its before/ before), kept out of results.json."""
-    logs = result.get("tofu", {}).pop("open_unlearning", None)
-    if logs is not None:
-        open_unlearning.write(logs, folder)
-
-
 def write_results(run: Run, model, tokenizer, before: dict, after: dict, curves: dict, clock) -> None:
     """results.json, the plots and the model; `clock` holds the wall seconds of each stage (`stages`)
     and of the whole run (`total`)."""
@@ -295,9 +284,8 @@ def write_results(run: Run, model, tokenizer, before: dict, after: dict, curves:
                "before": before, "after": after, "wall_seconds": clock.total, "stage_seconds": clock.stages,
                "curves": curves}
     write_json(out / "results.json", results, indent=1)  # first: it is small, and it is what a run is for
-    if lora.attached(model):  # the merged model, and the adapter in PEFT's layout for the model it started from
-        checkpoint.save_atomic(model, tokenizer, out / "model", state=lora.merged_state(model))
-        checkpoint.replace_atomic(out / "adapter", lambda tmp: lora.save_adapter(model, tmp, str(start_folder(run))))
+    if lora.attached(model):
+        lora.write_outputs(model, tokenizer, out, base=str(start_folder(run)))
     else:
         checkpoint.save_atomic(model, tokenizer, out / "model")
     plotted = bool(curves) and report.plot_curves(curves, out / "curves.png")

@@ -16,7 +16,8 @@ import numpy as np
 import torch
 
 from . import distributed
-from .model import Transformer, autocast, labelled_nll
+from .losses import labelled_nll
+from .model import Transformer, autocast
 from .sample import Sampling, generate_ids, prompt_seeds
 from .tokenizer import Tokenizer
 

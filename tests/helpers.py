@@ -152,7 +152,7 @@ def assert_parity(hf, ours) -> torch.Tensor:
     import pytest
 
     from pmc_min.checkpoint import to_hf_name
-    from pmc_min.model import causal_lm_loss, labelled_nll
+    from pmc_min.losses import causal_lm_loss, labelled_nll
 
     ids, mask = left_padded_batch(LENGTHS, vocab=hf.config.vocab_size)
     # The first real token of a row is predicted from padding; like a prompt, it is no label.
