@@ -24,7 +24,7 @@ from .tiny_data import make_dataset
 from .tokenizer import Tokenizer
 from .train import finetune
 
-VERSION = "tiny-v6"  # a new name whenever the build changes numerically (v6: row-major NLL)
+VERSION = "tiny-v7"  # a new name whenever the build changes numerically (v6: row-major NLL; v7: the head on labelled positions only)
 
 
 def train_tokenizer(data_dir: Path, vocab_size: int = 1024) -> Tokenizer:
