@@ -5,7 +5,11 @@ weights, the achieved FLOP/s of PMC's draw (8 forget01 questions in the chat tem
 backward and AdamW) and of a PMC step (its draw, the rewards, and the training step on the
 collapse and retain rows), each as a fraction of the float32 peak, with a profile split.
 
-    python tests/benchmarks/cpu_peak.py --data-dir tofu [--model smollm2-135m]
+    python tests/benchmarks/cpu_peak.py --data-dir tofu [--model smollm2-135m] [--before]
+
+--before measures the code as it was before its two CPU changes: the sampler filtering the
+whole vocabulary at every step (no `sample.draw_listed`), and the losses running the output
+layer at every position (no `losses.labelled_nll`).
 
 FLOPs are counted by torch's FlopCounterMode (matrix products and attention; element-wise
 work counts nothing, so the fractions are of useful matrix work). Each workload is timed best
@@ -33,7 +37,13 @@ parser = argparse.ArgumentParser()
 parser.add_argument("--model", default="smollm2-135m")
 parser.add_argument("--data-dir", help="TOFU's JSON Lines files (default: the hub dataset locuslab/TOFU)")
 parser.add_argument("--repeats", type=int, default=3)
+parser.add_argument("--before", action="store_true", help="without the listed-token draw and the labelled-only head")
 args = parser.parse_args()
+if args.before:
+    from pmc_min import qa
+    from pmc_min.losses import next_token_nll
+    sample.draw_listed = lambda *a: None
+    qa.labelled_nll = lambda model, ids, mask, labels: next_token_nll(model(ids, mask), labels)
 torch.manual_seed(0)
 
 
@@ -144,7 +154,8 @@ def pmc_step():
 
 
 peaks = {"float32": matmul_peak(torch.float32), "bfloat16": matmul_peak(torch.bfloat16)}
-print(f"{args.model} ({model.num_parameters():,} parameters), {torch.get_num_threads()} threads")
+print(f"{args.model} ({model.num_parameters():,} parameters), {torch.get_num_threads()} threads"
+      f"{', as before the CPU changes' if args.before else ''}")
 print(f"peak: float32 {peaks['float32'] / 1e9:.0f} GFLOP/s, bfloat16 {peaks['bfloat16'] / 1e9:.0f} GFLOP/s "
       f"(a {2048}^3 matmul, best of 5)")
 print("| work | seconds | GFLOP | achieved GFLOP/s | of the float32 peak | matrix products | attention | "

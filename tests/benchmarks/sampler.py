@@ -9,6 +9,8 @@ both write exactly prompts x n x max_new_tokens tokens.
     python tests/benchmarks/sampler.py --size phi-1_5 --device cuda --dtype bfloat16 \\
         --prompts 64 --n 5 --max-new-tokens 200              # phi-1.5-sized, random weights
     python tests/benchmarks/sampler.py --model smollm2-135m --temperature 0.9 --max-new-tokens 48
+    python tests/benchmarks/sampler.py --model gemma-3-270m --prompts 8 --max-new-tokens 48 --repeats 2
+    ... --full-filter    # pmc_min filtering the whole vocabulary, as before its draw on the k listed tokens
 """
 
 import argparse
@@ -30,8 +32,8 @@ SIZES = {
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--size", choices=SIZES, default="tiny")
-parser.add_argument("--model", choices=["smollm2-135m"], help="real weights instead of a random Phi: "
-                    "SmolLM2-135M-Instruct on TOFU forget01 questions in its chat template, T 0.9 (PMC's CPU run)")
+parser.add_argument("--model", choices=["smollm2-135m", "gemma-3-270m"], help="real weights instead of a random "
+                    "Phi: SmolLM2-135M-Instruct (chat template) or Gemma-3-270M on TOFU forget01 questions")
 parser.add_argument("--data-dir", help="with --model: TOFU's JSON Lines files (default: the hub dataset locuslab/TOFU)")
 parser.add_argument("--device", default="cpu")
 parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
@@ -40,20 +42,22 @@ parser.add_argument("--n", type=int, default=5)
 parser.add_argument("--max-new-tokens", type=int, default=64)
 parser.add_argument("--temperature", type=float, default=1.25)
 parser.add_argument("--compile", action="store_true", help="torch.compile pmc_min's decode step")
+parser.add_argument("--repeats", type=int, default=5, help="timed runs of each generator (best of)")
+parser.add_argument("--full-filter", action="store_true", help="pmc_min without its draw on the k listed tokens")
 args = parser.parse_args()
 dtype = getattr(torch, args.dtype)
 
 if args.model:
-    from transformers import LlamaForCausalLM
+    from transformers import AutoModelForCausalLM
 
     from pmc_min.data import load_split, resolve_data_dir
     from pmc_min.qa import prompt
 
     folder = pmc_min.checkpoint.resolve(args.model)
     ours, tokenizer = pmc_min.load(folder, device=args.device, dtype=dtype)
-    hf = LlamaForCausalLM.from_pretrained(folder, torch_dtype=dtype).to(args.device).eval()
+    hf = AutoModelForCausalLM.from_pretrained(folder, torch_dtype=dtype).to(args.device).eval()
     questions = [r["question"] for r in load_split(resolve_data_dir(args.data_dir), "forget01")][:args.prompts]
-    prompts = [tokenizer.encode(prompt(q, tokenizer.chat)) for q in questions]
+    prompts = tokenizer.encode_batch([prompt(q, tokenizer.chat) for q in questions], bos=True)
     vocab_size, eos, pad = ours.config.vocab_size, tokenizer.eos_id, tokenizer.pad_id
     label = f"{args.model} (real weights)"
 else:
@@ -133,7 +137,10 @@ def logits_agreement():
 
 
 diff, agree = logits_agreement()
-t_hf, t_ours = timed([run_hf, run_ours])
+if args.full_filter:
+    import pmc_min.sample
+    pmc_min.sample.draw_listed = lambda *a: None  # every draw through filter_logits over the whole vocabulary
+t_hf, t_ours = timed([run_hf, run_ours], args.repeats)
 print(f"{label} ({ours.num_parameters():,} params), {args.device} {args.dtype}, {args.prompts} prompts x "
       f"n={args.n}, {args.max_new_tokens} new tokens, T={args.temperature} top_p=0.95 top_k=50")
 print(f"same model: logits differ by at most {diff:.1e} of the largest logit; argmax agrees on {agree:.1%} of tokens")
