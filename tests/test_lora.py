@@ -137,3 +137,21 @@ def test_bad_lora_settings_end_in_one_sentence(setup, tmp_path, extra, pattern):
 def test_a_run_without_lora_is_not_resumed_with_it(setup, tmp_path):
     assert killed(*flags(setup, tmp_path / "run")).returncode == -signal.SIGKILL
     assert_clean_error(run_py("--resume", str(tmp_path / "run"), "--lora", "4"), r"leave out --lora")
+
+
+@pytest.mark.parametrize("method", ["pmc", "ga", "gd", "idk", "npo", "simnpo"])
+def test_every_method_trains_the_adapters_and_nothing_else(setup, method):
+    from pmc_min.data import load_split
+    from pmc_min.train import UnlearnConfig, unlearn
+
+    model, tok = pmc_min.load(setup / "phi")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    forget = load_split(setup / "data", "forget01")[:4]
+    retain = load_split(setup / "data", "retain99")[:4]
+    cfg = UnlearnConfig(method=method, epochs=2, lr=1e-2, batch_size=4, grad_accum=1, max_length=64, n_samples=2,
+                        lora_rank=2)
+    unlearn(model, tok, forget, retain, cfg, progress=False)
+    assert lora.attached(model) and lora.trainable_parameters(model) > 0
+    assert lora.base_state(model).keys() == before.keys()
+    assert all(torch.equal(v, before[k]) for k, v in lora.base_state(model).items())  # the base is frozen
+    assert any(m.lora_B.weight.abs().max() > 0 for m in lora.adapters(model).values())  # the adapters moved
