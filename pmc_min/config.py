@@ -246,6 +246,8 @@ class RunConfig:
             cfg["top_k"] = None
         if cfg.get("sample_dtype") is None and self.device.startswith("cuda"):
             cfg["sample_dtype"] = "bfloat16"  # 3-4x faster draws than float32 weights on a GPU
+        if cfg.get("lora_rank") is not None and cfg.get("lora_alpha") is None:
+            cfg["lora_alpha"] = 2 * cfg["lora_rank"]  # recorded in results.json as the run used it
         cfg = UnlearnConfig(**cfg)
         cfg.validate()
         return cfg

@@ -98,6 +98,8 @@ def test_a_lora_run_trains_the_adapters_only_and_writes_both_layouts(setup, tmp_
     assert run.main([*flags(setup, out), "--lora", "4", "--lora-alpha", "16"]) == 0
     results = json.loads((out / "results.json").read_text())
     assert results["config"]["lora_rank"] == 4 and results["config"]["lora_alpha"] == 16
+    assert run.main([*flags(setup, tmp_path / "default"), "--lora", "4", "--epochs", "1"]) == 0
+    assert json.loads((tmp_path / "default" / "results.json").read_text())["config"]["lora_alpha"] == 8
     config = json.loads((out / "adapter" / "adapter_config.json").read_text())
     assert (config["r"], config["lora_alpha"], config["peft_type"]) == (4, 16, "LORA")
     assert config["base_model_name_or_path"] == str(setup / "phi")
