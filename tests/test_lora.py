@@ -5,19 +5,23 @@ as if never stopped."""
 
 import json
 import signal
+import sys
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
 import pmc_min
-import run
 from pmc_min import lora
 from pmc_min.checkpoint import build, save
 from pmc_min.tiny_data import make_dataset
-from helpers import assert_clean_error, byte_level_tokenizer, comparable, hf_llama, hf_phi, left_padded_batch, run_py
-from test_gemma import hf_gemma
-from test_trust import flags, killed
+from helpers import (ROOT, assert_clean_error, byte_level_tokenizer, comparable, hf_llama, hf_phi, left_padded_batch,
+                     run_py)
+
+sys.path.insert(0, str(ROOT))
+import run  # noqa: E402
+from test_gemma import hf_gemma  # noqa: E402
+from test_trust import flags, killed  # noqa: E402
 
 
 def hf_model(kind):
