@@ -36,12 +36,9 @@ import numpy as np
 
 from .errors import UserError
 from .rouge import rouge_1_recall, rouge_l
-from .stats import harmonic_mean
 
 PREFIX = {"forget": "forget", "retain": "retain", "real_authors": "ra", "world_facts": "wf"}
 SUMMARY = ("forget_quality", "forget_Q_A_Prob", "forget_Q_A_ROUGE", "forget_truth_ratio", "model_utility")
-UTILITY = ("retain_Q_A_Prob", "retain_Q_A_ROUGE", "retain_Truth_Ratio", "ra_Q_A_Prob_normalised", "ra_Q_A_ROUGE",
-           "ra_Truth_Ratio", "wf_Q_A_Prob_normalised", "wf_Q_A_ROUGE", "wf_Truth_Ratio")
 
 
 def indexed(values: list) -> dict[str, object]:
@@ -59,38 +56,35 @@ def scores(values: np.ndarray, agg_value: float, key: str = "score") -> dict:
     return {"agg_value": float(agg_value), "value_by_index": indexed([{key: float(v)} for v in values])}
 
 
-def rouge(rows: list[dict], prompts: list[str], generations: list[str]) -> dict:
+def rouge(rows: list[dict], prompts: list[str], generations: list[str], agg_value: float) -> dict:
     entries = []
     for r, prompt, generation in zip(rows, prompts, generations):
         _, recall, f1 = rouge_l(r["answer"], generation)
         entries.append({"rouge1_recall": rouge_1_recall(r["answer"], generation), "rougeL_f1": f1,
                         "rougeL_recall": recall, "input": prompt, "ground_truth": r["answer"],
                         "generation": generation})
-    return {"agg_value": float(np.mean([e["rougeL_recall"] for e in entries])), "value_by_index": indexed(entries)}
+    return {"agg_value": agg_value, "value_by_index": indexed(entries)}
 
 
-def eval_logs(measured: dict[str, dict], forget_quality: float | None) -> dict:
-    """TOFU_EVAL.json's content. measured[split] (forget, retain, real_authors, world_facts) holds
-    the split's `rows`, their `losses` (tofu.item_losses), `prompts` and greedy `generations`."""
+def eval_logs(measured: dict[str, dict], model_utility: float, forget_quality: float | None) -> dict:
+    """TOFU_EVAL.json's content, from what `tofu.evaluate` measured: measured[split] (forget,
+    retain, real_authors, world_facts) holds the split's `rows`, their `losses`
+    (tofu.item_losses), per-item scores `items` and their aggregates `metrics` (tofu.item_scores,
+    tofu.summarise), and the `prompts` and greedy `generations`."""
     logs: dict[str, dict] = {}
     for split, m in measured.items():
-        pre, losses = PREFIX[split], m["losses"]
-        correct = "PARA" if split in ("forget", "retain") else None
-        tr = np.exp(losses["paraphrased"] - losses["perturbed"].mean(axis=1))  # P(perturbed) / P(correct)
+        pre, losses, items, metrics = PREFIX[split], m["losses"], m["items"], m["metrics"]
         logs[f"{pre}_Q_A_Prob"] = probability(losses["answer"])
         logs[f"{pre}_Q_A_PERT_Prob"] = probability(losses["perturbed"])
-        logs[f"{pre}_Q_A_ROUGE"] = rouge(m["rows"], m["prompts"], m["generations"])
-        if correct:
-            logs[f"{pre}_Q_A_{correct}_Prob"] = probability(losses["paraphrased"])
-        else:
-            p_true = np.exp(-losses["answer"])
-            normalised = p_true / (p_true + np.exp(-losses["perturbed"]).sum(axis=1))
-            logs[f"{pre}_Q_A_Prob_normalised"] = scores(normalised, normalised.mean(), key="prob")
-        if split == "forget":  # closer to 1 is better
-            logs["forget_truth_ratio"] = scores(tr, np.mean(np.minimum(tr, 1 / tr)))
-        else:  # a true answer more likely than the wrong ones is better
-            logs[f"{pre}_Truth_Ratio"] = scores(tr, np.mean(np.maximum(0, 1 - tr)))
-    logs["model_utility"] = {"agg_value": harmonic_mean([logs[name]["agg_value"] for name in UTILITY])}
+        logs[f"{pre}_Q_A_ROUGE"] = rouge(m["rows"], m["prompts"], m["generations"], metrics["rouge_l_recall"])
+        if split in ("forget", "retain"):
+            logs[f"{pre}_Q_A_PARA_Prob"] = probability(losses["paraphrased"])
+        else:  # P(answer) normalised over the true and perturbed answers
+            logs[f"{pre}_Q_A_Prob_normalised"] = scores(items["probability"], metrics["probability"], key="prob")
+        # forget: closer to 1 is better; elsewhere a true answer more likely than the wrong ones
+        name = "forget_truth_ratio" if split == "forget" else f"{pre}_Truth_Ratio"
+        logs[name] = scores(items["truth_ratio"], metrics["truth_ratio"])
+    logs["model_utility"] = {"agg_value": model_utility}
     logs["forget_quality"] = {"agg_value": forget_quality}
     return dict(sorted(logs.items()))
 

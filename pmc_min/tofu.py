@@ -94,15 +94,24 @@ def forget_truth_ratios(model: Transformer, tokenizer: Tokenizer, rows: list[dic
     return truth_ratios(item_losses(model, tokenizer, rows, max_length)).tolist()
 
 
-def split_metrics(name: str, losses: dict[str, np.ndarray], rouge: float) -> dict[str, float]:
+def item_scores(name: str, losses: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Per item: the probability the split's metric averages (P(answer); normalised over the true
+    and perturbed answers for real authors and world facts), and the truth ratio."""
     p_true = np.exp(-losses["answer"])
     if name in ("real_authors", "world_facts"):
-        probability = np.mean(p_true / (p_true + np.exp(-losses["perturbed"]).sum(axis=1)))
-    else:
-        probability = np.mean(p_true)
-    tr = truth_ratios(losses)
+        p_true = p_true / (p_true + np.exp(-losses["perturbed"]).sum(axis=1))
+    return {"probability": p_true, "truth_ratio": truth_ratios(losses)}
+
+
+def summarise(name: str, items: dict[str, np.ndarray], rouge: float) -> dict[str, float]:
+    tr = items["truth_ratio"]
     statistic = np.mean(np.minimum(tr, 1 / tr)) if name == "forget" else np.mean(np.maximum(0, 1 - tr))
-    return {"probability": float(probability), "rouge_l_recall": rouge, "truth_ratio": float(statistic)}
+    return {"probability": float(np.mean(items["probability"])), "rouge_l_recall": rouge,
+            "truth_ratio": float(statistic)}
+
+
+def split_metrics(name: str, losses: dict[str, np.ndarray], rouge: float) -> dict[str, float]:
+    return summarise(name, item_scores(name, losses), rouge)
 
 
 def evaluate(model: Transformer, tokenizer: Tokenizer, sets: dict[str, list[dict]], max_length: int,
@@ -121,10 +130,12 @@ def evaluate(model: Transformer, tokenizer: Tokenizer, sets: dict[str, list[dict
             greedy.update(zip(todo, (g[0] for g in generate_answers(model, tokenizer, todo, n=1,
                                                                      max_length=max_length))))
         rouge = float(np.mean([rouge_l_recall(r["answer"], greedy[r["question"]]) for r in rows]))
-        splits[name] = split_metrics(name, losses, rouge)
-        measured[name] = {"rows": rows, "losses": losses, "generations": [greedy[r["question"]] for r in rows],
+        items = item_scores(name, losses)
+        splits[name] = summarise(name, items, rouge)
+        measured[name] = {"rows": rows, "losses": losses, "items": items, "metrics": splits[name],
+                          "generations": [greedy[r["question"]] for r in rows],
                           "prompts": [prompt(r["question"], tokenizer.chat) for r in rows]}
-    forget_tr = truth_ratios(measured["forget"]["losses"]).tolist()
+    forget_tr = measured["forget"]["items"]["truth_ratio"].tolist()
     components = {f"{split}_{metric}": splits[split][metric] for split in UTILITY_SPLITS
                   for metric in ("probability", "rouge_l_recall", "truth_ratio")}
     result = {"model_utility": harmonic_mean(components.values()), "components": components, "splits": splits,
@@ -134,5 +145,5 @@ def evaluate(model: Transformer, tokenizer: Tokenizer, sets: dict[str, list[dict
         result.update(forget_quality=p, ks_statistic=d)
         result["truth_ratio"]["reference_forget"] = list(reference_forget)
     if open_unlearning:
-        result["open_unlearning"] = eval_logs(measured, result.get("forget_quality"))
+        result["open_unlearning"] = eval_logs(measured, result["model_utility"], result.get("forget_quality"))
     return result
