@@ -28,7 +28,6 @@ from .errors import UserError
 TARGETS = {"phi": ("q_proj", "k_proj", "v_proj", "dense", "fc1", "fc2"),
            "llama": ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
            "gemma3": ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")}
-HF_NAME = {"dense": "o_proj"}  # pmc_min's attention output is `dense`; Llama's and Gemma's checkpoints say o_proj
 
 
 class LoRALinear(nn.Module):
@@ -50,10 +49,6 @@ class LoRALinear(nn.Module):
 
     def merged_weight(self) -> torch.Tensor:
         return self.base.weight + (self.lora_B.weight @ self.lora_A.weight) * self.scaling
-
-
-def hf_module_name(name: str, model_type: str) -> str:
-    return HF_NAME.get(name, name) if model_type in ("llama", "gemma3") else name
 
 
 def check_targets(model_type: str, targets: list[str] | None) -> list[str]:
@@ -82,7 +77,7 @@ def attach(model: nn.Module, rank: int, alpha: float | None = None, targets: lis
     adapted = []
     for name, module in list(model.named_modules()):
         for child_name, child in list(module.named_children()):
-            hf = hf_module_name(child_name, model_type)
+            hf = hf_name(f"{name}.{child_name}", model_type).rsplit(".", 1)[-1]  # dense -> o_proj for Llama, Gemma
             if hf in targets and isinstance(child, nn.Linear):
                 setattr(module, child_name, LoRALinear(child, rank, alpha))
                 adapted.append(f"{name}.{child_name}" if name else child_name)
@@ -112,11 +107,16 @@ def merged_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return state
 
 
-def peft_key(name: str, model_type: str) -> str:
-    """An adapted module's name -> PEFT's prefix for it: base_model.model.<HF's module name>."""
+def hf_name(name: str, model_type: str) -> str:
+    """A module's name as HF's checkpoints have it (`checkpoint.to_hf_name`)."""
     from .checkpoint import to_hf_name
 
-    return "base_model.model." + to_hf_name(f"{name}.weight", model_type).removesuffix(".weight")
+    return to_hf_name(f"{name}.weight", model_type).removesuffix(".weight")
+
+
+def peft_key(name: str, model_type: str) -> str:
+    """An adapted module's name -> PEFT's prefix for it: base_model.model.<HF's module name>."""
+    return "base_model.model." + hf_name(name, model_type)
 
 
 def save_adapter(model: nn.Module, folder: str | Path, base_model: str | None = None) -> None:
