@@ -9,6 +9,11 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def next_targets(labels: torch.Tensor) -> torch.Tensor:
+    """(B, T): at position t the label of token t+1, which it predicts; the last position predicts nothing."""
+    return F.pad(labels[:, 1:], (0, 1), value=-100)
+
+
 def next_token_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The NLL of each token, (B, T-1) in float32, and the mask of those counted: token t+1 is
     predicted from position t, and labels of -100 (prompt, padding) count for nothing (0).
@@ -16,7 +21,7 @@ def next_token_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Te
     49k vocabulary this is 3.2x faster than cross-entropy over the transposed (B, V, T) layout,
     forward and backward, and 15x closer to a float64 reference (docs/benchmarks.md)."""
     B, T, V = logits.shape
-    targets = F.pad(labels[:, 1:], (0, 1), value=-100)  # (B, T); the last position predicts nothing
+    targets = next_targets(labels)
     nll = F.cross_entropy(logits.float().reshape(B * T, V), targets.reshape(B * T), ignore_index=-100,
                           reduction="none")
     return nll.view(B, T)[:, :-1], targets[:, :-1] != -100
@@ -28,7 +33,7 @@ def labelled_nll(model: nn.Module, input_ids: torch.Tensor, attention_mask: torc
     positions whose next token is labelled: on a TOFU batch about half the positions are prompt or
     padding, and at a 262k vocabulary the head is most of a training step (docs/benchmarks.md).
     The same values up to float rounding (a matrix product over fewer rows)."""
-    targets = F.pad(labels[:, 1:], (0, 1), value=-100)  # (B, T); the last position predicts nothing
+    targets = next_targets(labels)
     counted = targets != -100
     logits = model(input_ids, attention_mask, keep=counted)  # (K, V)
     nll = torch.zeros(counted.shape, dtype=torch.float32, device=logits.device)

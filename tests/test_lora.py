@@ -14,7 +14,6 @@ from safetensors.torch import load_file
 import pmc_min
 from pmc_min import lora
 from pmc_min.checkpoint import build, save
-from pmc_min.tiny_data import make_dataset
 from helpers import (ROOT, assert_clean_error, byte_level_tokenizer, comparable, hf_llama, hf_phi, left_padded_batch,
                      run_py)
 
@@ -87,27 +86,17 @@ def test_attach_refuses_what_it_cannot_adapt(tmp_path):
         lora.attach(model, 4, targets=["q_proj", "o_proj"])
 
 
-@pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    from helpers import write_hf_phi
-
-    root = tmp_path_factory.mktemp("lora")
-    write_hf_phi(root / "phi", seed=2)
-    make_dataset(root / "data")
-    return root
-
-
-def test_a_lora_run_trains_the_adapters_only_and_writes_both_layouts(setup, tmp_path):
+def test_a_lora_run_trains_the_adapters_only_and_writes_both_layouts(phi_and_data, tmp_path):
     out = tmp_path / "run"
-    assert run.main([*flags(setup, out), "--lora", "4", "--lora-alpha", "16"]) == 0
+    assert run.main([*flags(phi_and_data, out), "--lora", "4", "--lora-alpha", "16"]) == 0
     results = json.loads((out / "results.json").read_text())
     assert results["config"]["lora_rank"] == 4 and results["config"]["lora_alpha"] == 16
-    assert run.main([*flags(setup, tmp_path / "default"), "--lora", "4", "--epochs", "1"]) == 0
+    assert run.main([*flags(phi_and_data, tmp_path / "default"), "--lora", "4", "--epochs", "1"]) == 0
     assert json.loads((tmp_path / "default" / "results.json").read_text())["config"]["lora_alpha"] == 8
     config = json.loads((out / "adapter" / "adapter_config.json").read_text())
     assert (config["r"], config["lora_alpha"], config["peft_type"]) == (4, 16, "LORA")
-    assert config["base_model_name_or_path"] == str(setup / "phi")
-    base, merged = load_file(setup / "phi" / "model.safetensors"), load_file(out / "model" / "model.safetensors")
+    assert config["base_model_name_or_path"] == str(phi_and_data / "phi")
+    base, merged = load_file(phi_and_data / "phi" / "model.safetensors"), load_file(out / "model" / "model.safetensors")
     adapted = [k for k in base if k.endswith(".weight") and k.split(".")[-2] in lora.TARGETS["phi"]]
     assert adapted and all(not torch.equal(base[k], merged[k]) for k in adapted)  # merged updates
     assert all(torch.equal(base[k], merged[k]) for k in base if k not in adapted)  # everything else frozen
@@ -115,17 +104,17 @@ def test_a_lora_run_trains_the_adapters_only_and_writes_both_layouts(setup, tmp_
     from transformers import AutoModelForCausalLM
     with torch.no_grad():
         plain = AutoModelForCausalLM.from_pretrained(out / "model").eval()(input_ids=ids, attention_mask=mask).logits
-    theirs = peft_logits(setup / "phi", out / "adapter", ids, mask)
+    theirs = peft_logits(phi_and_data / "phi", out / "adapter", ids, mask)
     real = mask.bool()
     assert (plain - theirs)[real].abs().max().item() <= 1e-4 * theirs.abs().max().item()
 
 
-def test_a_lora_run_killed_mid_epoch_resumes_as_if_never_stopped(setup, tmp_path):
+def test_a_lora_run_killed_mid_epoch_resumes_as_if_never_stopped(phi_and_data, tmp_path):
     extra = ["--lora", "4", "--method", "npo"]  # a baseline too: LoRA serves every method
-    assert killed(*flags(setup, tmp_path / "run"), *extra).returncode == -signal.SIGKILL
+    assert killed(*flags(phi_and_data, tmp_path / "run"), *extra).returncode == -signal.SIGKILL
     assert (tmp_path / "run" / "checkpoints" / "epoch-0001" / "adapter_config.json").is_file()
     assert run.main(["--resume", str(tmp_path / "run")]) == 0
-    assert run.main([*flags(setup, tmp_path / "again"), *extra]) == 0
+    assert run.main([*flags(phi_and_data, tmp_path / "again"), *extra]) == 0
     ours, theirs = comparable(tmp_path / "run"), comparable(tmp_path / "again")
     assert ours["curves"] == theirs["curves"] and ours["after"] == theirs["after"]
 
@@ -136,24 +125,24 @@ def test_a_lora_run_killed_mid_epoch_resumes_as_if_never_stopped(setup, tmp_path
     (["--lora-alpha", "8"], r"--lora-alpha and --lora-targets go with --lora RANK"),
     (["--lora", "4", "--fsdp"], r"--lora trains under torchrun with DistributedDataParallel, not --fsdp"),
 ])
-def test_bad_lora_settings_end_in_one_sentence(setup, tmp_path, extra, pattern):
-    assert_clean_error(run_py(*flags(setup, tmp_path / "run"), *extra), pattern)
+def test_bad_lora_settings_end_in_one_sentence(phi_and_data, tmp_path, extra, pattern):
+    assert_clean_error(run_py(*flags(phi_and_data, tmp_path / "run"), *extra), pattern)
 
 
-def test_a_run_without_lora_is_not_resumed_with_it(setup, tmp_path):
-    assert killed(*flags(setup, tmp_path / "run")).returncode == -signal.SIGKILL
+def test_a_run_without_lora_is_not_resumed_with_it(phi_and_data, tmp_path):
+    assert killed(*flags(phi_and_data, tmp_path / "run")).returncode == -signal.SIGKILL
     assert_clean_error(run_py("--resume", str(tmp_path / "run"), "--lora", "4"), r"leave out --lora")
 
 
 @pytest.mark.parametrize("method", ["pmc", "ga", "gd", "idk", "npo", "simnpo"])
-def test_every_method_trains_the_adapters_and_nothing_else(setup, method):
+def test_every_method_trains_the_adapters_and_nothing_else(phi_and_data, method):
     from pmc_min.data import load_split
     from pmc_min.train import UnlearnConfig, unlearn
 
-    model, tok = pmc_min.load(setup / "phi")
+    model, tok = pmc_min.load(phi_and_data / "phi")
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    forget = load_split(setup / "data", "forget01")[:4]
-    retain = load_split(setup / "data", "retain99")[:4]
+    forget = load_split(phi_and_data / "data", "forget01")[:4]
+    retain = load_split(phi_and_data / "data", "retain99")[:4]
     cfg = UnlearnConfig(method=method, epochs=2, lr=1e-2, batch_size=4, grad_accum=1, max_length=64, n_samples=2,
                         lora_rank=2)
     unlearn(model, tok, forget, retain, cfg, progress=False)

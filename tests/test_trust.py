@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 import pmc_min
 from pmc_min import checkpoint, resume as resume_mod
 from pmc_min.tiny_data import make_dataset
-from helpers import ROOT, assert_clean_error, comparable, run_py, write_hf_phi
+from helpers import ROOT, assert_clean_error, comparable, run_py
 
 sys.path.insert(0, str(ROOT))
 import run  # noqa: E402
@@ -41,18 +41,10 @@ def killed(*args, at="3", cwd=ROOT):
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    root = tmp_path_factory.mktemp("trust")
-    write_hf_phi(root / "phi", seed=2)
-    make_dataset(root / "data")
-    return root
-
-
-@pytest.fixture(scope="module")
-def interrupted(setup):
+def interrupted(phi_and_data):
     """A run killed with SIGKILL in epoch 2, epoch 1's checkpoint written; tests damage copies of it."""
-    out = setup / "interrupted"
-    assert killed(*flags(setup, out)).returncode == -signal.SIGKILL
+    out = phi_and_data / "interrupted"
+    assert killed(*flags(phi_and_data, out)).returncode == -signal.SIGKILL
     return out
 
 
@@ -62,20 +54,20 @@ def copy_of(run_folder: Path, tmp_path: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def finished(setup):
+def finished(phi_and_data):
     """An uninterrupted run: (its folder, its results without wall times)."""
-    out = setup / "finished"
-    assert run.main(flags(setup, out)) == 0
+    out = phi_and_data / "finished"
+    assert run.main(flags(phi_and_data, out)) == 0
     return out, comparable(out)
 
 
 # 1. A run is pinned to its inputs and settings.
 
-def test_resume_from_another_folder_reads_the_runs_own_inputs(setup, finished, tmp_path):
+def test_resume_from_another_folder_reads_the_runs_own_inputs(phi_and_data, finished, tmp_path):
     here, elsewhere = tmp_path / "here", tmp_path / "elsewhere"
     for cwd, seed in ((here, 0), (elsewhere, 7)):  # the same relative names, other people's data
         make_dataset(cwd / "data", seed)
-    relative = [a if a != str(setup / "data") else "data" for a in flags(setup, "run")]
+    relative = [a if a != str(phi_and_data / "data") else "data" for a in flags(phi_and_data, "run")]
     assert killed(*relative, cwd=here).returncode == -signal.SIGKILL
     resumed = subprocess.run([sys.executable, str(ROOT / "run.py"), "--resume", str(here / "run")], cwd=elsewhere,
                              capture_output=True, text=True, timeout=600)
@@ -87,10 +79,10 @@ def test_resume_from_another_folder_reads_the_runs_own_inputs(setup, finished, t
     assert ours["curves"] == theirs["curves"] and ours["after"] == theirs["after"]
 
 
-def test_resume_refuses_a_changed_or_vanished_input(setup, tmp_path):
+def test_resume_refuses_a_changed_or_vanished_input(phi_and_data, tmp_path):
     data = tmp_path / "data"
-    shutil.copytree(setup / "data", data)
-    args = [a if a != str(setup / "data") else str(data) for a in flags(setup, tmp_path / "run")]
+    shutil.copytree(phi_and_data / "data", data)
+    args = [a if a != str(phi_and_data / "data") else str(data) for a in flags(phi_and_data, tmp_path / "run")]
     assert killed(*args).returncode == -signal.SIGKILL
     lines = (data / "forget01.json").read_text().splitlines()
     (data / "forget01.json").write_text("\n".join(lines[1:] + lines[:1]) + "\n")  # another order
@@ -108,7 +100,7 @@ def test_resume_refuses_other_settings(finished):
 
 # 2. Every answer gets its own budget; a question too long for any answer is refused by its line.
 
-def test_one_long_question_leaves_the_other_answers_intact(setup, tmp_path):
+def test_one_long_question_leaves_the_other_answers_intact(phi_and_data, tmp_path):
     """The random model rarely stops by itself, so an answer runs to its budget: with one budget
     for all, the long question would cut every other answer short."""
     short = [f"Where was author {i} born?" for i in range(4)]
@@ -119,7 +111,7 @@ def test_one_long_question_leaves_the_other_answers_intact(setup, tmp_path):
     y0 = {}
     for name in ("short", "mixed"):
         out = tmp_path / name
-        assert run.main(["--model", str(setup / "phi"), "--forget-questions", str(tmp_path / f"{name}.txt"),
+        assert run.main(["--model", str(phi_and_data / "phi"), "--forget-questions", str(tmp_path / f"{name}.txt"),
                          "--retain", str(tmp_path / "retain.txt"), "--epochs", "1", "--batch-size", "2",
                          "--grad-accum", "1", "--n", "2", "--max-length", "80", "--no-progress", "--out",
                          str(out)]) == 0
@@ -128,10 +120,10 @@ def test_one_long_question_leaves_the_other_answers_intact(setup, tmp_path):
     assert len(y0["mixed"][long]) < min(len(y0["mixed"][q]) for q in short)  # its own, shorter budget
 
 
-def test_a_question_with_no_room_for_an_answer_is_refused_by_its_line(setup, tmp_path):
+def test_a_question_with_no_room_for_an_answer_is_refused_by_its_line(phi_and_data, tmp_path):
     (tmp_path / "forget.txt").write_text("Where was author 1 born?\n" + "Why " * 300 + "?\nWho?\n")
     (tmp_path / "retain.txt").write_text("What did author 2 write?\n")
-    own = ["--model", str(setup / "phi"), "--retain", str(tmp_path / "retain.txt"), "--max-length", "100", "--out",
+    own = ["--model", str(phi_and_data / "phi"), "--retain", str(tmp_path / "retain.txt"), "--max-length", "100", "--out",
            str(tmp_path / "o")]
     out = run_py(*own, "--forget-questions", str(tmp_path / "forget.txt"))
     assert_clean_error(out, r"forget.txt, line 2: the question is \d+ tokens as prompted, which leaves no room for an "
@@ -142,8 +134,8 @@ def test_a_question_with_no_room_for_an_answer_is_refused_by_its_line(setup, tmp
                        r"huge.txt, line 1: the question is \d+ tokens")
 
 
-def test_max_length_is_bounded_by_the_model(setup, tmp_path):
-    assert_clean_error(run_py(*flags(setup, tmp_path / "o")[:-2], "--max-length", "1000000000", "--out",
+def test_max_length_is_bounded_by_the_model(phi_and_data, tmp_path):
+    assert_clean_error(run_py(*flags(phi_and_data, tmp_path / "o")[:-2], "--max-length", "1000000000", "--out",
                               str(tmp_path / "o")), r"--max-length 1000000000 is more than the model supports \(128 ")
 
 
@@ -153,7 +145,7 @@ def no_space(*args, **kwargs):
     raise OSError(errno.ENOSPC, "No space left on device", "model.safetensors")
 
 
-def test_a_full_disk_at_a_checkpoint_keeps_the_last_one(setup, finished, tmp_path, monkeypatch):
+def test_a_full_disk_at_a_checkpoint_keeps_the_last_one(phi_and_data, finished, tmp_path, monkeypatch):
     out = tmp_path / "run"
     real_save = resume_mod.save
     monkeypatch.setattr(resume_mod, "save", lambda m, t, path: (no_space() if "epoch-0002" in str(path)
@@ -161,7 +153,7 @@ def test_a_full_disk_at_a_checkpoint_keeps_the_last_one(setup, finished, tmp_pat
     with pytest.raises(pmc_min.UserError, match=r"No space left on device writing model.safetensors; the last "
                                                 r"complete checkpoint, epoch-0001 is kept: free some space, then "
                                                 r"continue with python run.py --resume "):
-        run.main(flags(setup, out))
+        run.main(flags(phi_and_data, out))
     assert (out / "checkpoints" / "LATEST").read_text().strip() == "epoch-0001"
     assert not list((out / "checkpoints").glob(".tmp-*"))  # the half-written checkpoint's space is free again
     monkeypatch.setattr(resume_mod, "save", real_save)
@@ -169,11 +161,11 @@ def test_a_full_disk_at_a_checkpoint_keeps_the_last_one(setup, finished, tmp_pat
     assert comparable(out) == finished[1]
 
 
-def test_a_full_disk_at_the_model_keeps_results_json(setup, tmp_path, monkeypatch):
+def test_a_full_disk_at_the_model_keeps_results_json(phi_and_data, tmp_path, monkeypatch):
     out = tmp_path / "run"
     monkeypatch.setattr(checkpoint, "save", no_space)
     with pytest.raises(pmc_min.UserError, match=r"the last complete checkpoint, epoch-0001 and results.json are kept"):
-        run.main(flags(setup, out, epochs=1))
+        run.main(flags(phi_and_data, out, epochs=1))
     assert json.loads((out / "results.json").read_text())["after"]["unlearn_quality"] is not None
     assert not (out / "model").exists() and not (out / ".tmp-model").exists()
 
@@ -184,13 +176,13 @@ def mount_tmpfs(folder: Path, size: str) -> bool:
                           capture_output=True).returncode == 0
 
 
-def test_a_real_full_file_system_keeps_the_last_checkpoint(setup, finished, tmp_path):
+def test_a_real_full_file_system_keeps_the_last_checkpoint(phi_and_data, finished, tmp_path):
     small = tmp_path / "small"
     checkpoint_size = sum(f.stat().st_size for f in (finished[0] / "checkpoints").rglob("*") if f.is_file())
     if not mount_tmpfs(small, str(int(1.6 * checkpoint_size))):  # room for one checkpoint, not two
         pytest.skip("mounting a tmpfs needs privileges this machine does not give")
     try:
-        out = run_py(*flags(setup, small / "run"))
+        out = run_py(*flags(phi_and_data, small / "run"))
         assert_clean_error(out, r"No space left on device.* the last complete checkpoint, epoch-000\d is kept: free "
                                 r"some space, then continue with python run.py --resume ")
         latest = (small / "run" / "checkpoints" / "LATEST").read_text().strip()
@@ -209,20 +201,20 @@ def test_a_real_full_file_system_keeps_the_last_checkpoint(setup, finished, tmp_
     ("--epochs", "0", r"epochs, batch size, gradient accumulation and max length must be positive"),
     ("--epochs", "-1", r"epochs, batch size, gradient accumulation and max length must be positive"),
 ])
-def test_settings_that_must_be_finite_or_positive_are_refused_first(setup, tmp_path, flag, value, pattern):
-    assert_clean_error(run_py(*flags(setup, tmp_path / "o"), flag, value), pattern)
+def test_settings_that_must_be_finite_or_positive_are_refused_first(phi_and_data, tmp_path, flag, value, pattern):
+    assert_clean_error(run_py(*flags(phi_and_data, tmp_path / "o"), flag, value), pattern)
     assert not (tmp_path / "o").exists()
 
 
-def test_an_empty_value_is_refused_not_read_as_the_default(setup, tmp_path):
-    assert_clean_error(run_py(*flags(setup, tmp_path / "o"), "--out", ""), r"--out was given an empty value\.")
+def test_an_empty_value_is_refused_not_read_as_the_default(phi_and_data, tmp_path):
+    assert_clean_error(run_py(*flags(phi_and_data, tmp_path / "o"), "--out", ""), r"--out was given an empty value\.")
 
 
-def test_an_out_that_holds_other_files_is_refused_and_left_as_it_was(setup, tmp_path):
+def test_an_out_that_holds_other_files_is_refused_and_left_as_it_was(phi_and_data, tmp_path):
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("mine")
     (tmp_path / "mine" / ".tmp-draft").write_text("mine too")
-    assert_clean_error(run_py(*flags(setup, tmp_path / "mine")), r"already holds files that are not a pmc_min run "
+    assert_clean_error(run_py(*flags(phi_and_data, tmp_path / "mine")), r"already holds files that are not a pmc_min run "
                                                                    r"\(\.tmp-draft, notes\.txt\); choose a new")
     assert sorted(p.name for p in (tmp_path / "mine").iterdir()) == [".tmp-draft", "notes.txt"]
 
@@ -247,7 +239,7 @@ def test_a_failed_cache_build_leaves_nothing_half_built(tmp_path):
     assert (build_once(tmp_path / "model", lambda tmp: (tmp / "w.bin").write_bytes(b"ok")) / "w.bin").is_file()
 
 
-def test_a_non_finite_update_never_reaches_a_saved_model(setup, tmp_path, monkeypatch):
+def test_a_non_finite_update_never_reaches_a_saved_model(phi_and_data, tmp_path, monkeypatch):
     from pmc_min.engine import Engine
 
     real_step, steps = Engine.step, []
@@ -264,7 +256,7 @@ def test_a_non_finite_update_never_reaches_a_saved_model(setup, tmp_path, monkey
     with pytest.raises(pmc_min.UserError, match=r"The weights became non-finite in unlearning epoch 2; lower the "
                                                 r"learning rate; nothing non-finite was saved, and the last good "
                                                 r"checkpoint, .*epoch-0001, is kept"):
-        run.main(flags(setup, out))
+        run.main(flags(phi_and_data, out))
     assert not (out / "results.json").exists() and not (out / "model").exists()
     saved = load_file(out / "checkpoints" / "epoch-0001" / "model.safetensors")
     assert all(torch.isfinite(t).all() for t in saved.values())
@@ -272,22 +264,22 @@ def test_a_non_finite_update_never_reaches_a_saved_model(setup, tmp_path, monkey
 
 # 5. One run per --out.
 
-def test_a_second_run_on_a_locked_out_is_refused_and_a_stale_lock_does_not_block(setup, tmp_path):
+def test_a_second_run_on_a_locked_out_is_refused_and_a_stale_lock_does_not_block(phi_and_data, tmp_path):
     out = tmp_path / "run"
     out.mkdir()
     with open(out / ".lock", "a") as held:
         fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as a running run.py holds it
-        assert_clean_error(run_py(*flags(setup, out, epochs=1)), r"Another run is writing to .*run; wait for it")
-    assert run_py(*flags(setup, out, epochs=1)).returncode == 0  # the lock file is still there, but nobody holds it
+        assert_clean_error(run_py(*flags(phi_and_data, out, epochs=1)), r"Another run is writing to .*run; wait for it")
+    assert run_py(*flags(phi_and_data, out, epochs=1)).returncode == 0  # the lock file is still there, but nobody holds it
 
 
 # 6. Ctrl-C.
 
 @pytest.mark.parametrize("sent, code, word", [("INT", 130, "Interrupted"), ("TERM", 143, "Terminated")])
-def test_ctrl_c_or_sigterm_says_how_to_resume_and_resume_finishes_the_run(setup, finished, tmp_path, sent, code,
+def test_ctrl_c_or_sigterm_says_how_to_resume_and_resume_finishes_the_run(phi_and_data, finished, tmp_path, sent, code,
                                                                           word):
     out = tmp_path / "run"
-    stopped = killed(*flags(setup, out), at=f"3:{sent}")
+    stopped = killed(*flags(phi_and_data, out), at=f"3:{sent}")
     assert stopped.returncode == code
     assert stopped.stderr.strip().splitlines() == [
         f"{word}; the last complete checkpoint, epoch-0001 is kept: continue with python run.py --resume {out}"]
