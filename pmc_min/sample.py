@@ -80,20 +80,24 @@ def draw(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
 
 
 def draw_listed(logits: torch.Tensor, sampling: Sampling, k: int, u: torch.Tensor) -> torch.Tensor | None:
-    """What `draw(filter_logits(logits, sampling).softmax(-1), u)` picks, computed on the k largest
-    logits alone, or None where some row has a logit equal to its k-th outside the list (ties
-    that filter_logits' arithmetic handles). Every full-vocabulary pass after torch.topk goes
-    (temperature, softmax, comparisons, two cumsums): on a 2-core CPU those cost more than the
-    model's own step at a 262k vocabulary (`tests/benchmarks/sampler.py`). The same tokens: the
-    same kept set, the same order of the cumulative sums; only softmax's normaliser adds the same
-    terms in another order (a last-bit difference, which moves a draw only where u falls within
-    it of a boundary). Its tie check reads one bool on the host: for CPUs (no device to sync)."""
-    top, index = torch.topk(logits, k + 1)  # descending; k + 1 to see ties of the k-th
-    if sampling.temperature != 1.0:  # x / T is monotone: the same top k, the same values as dividing all
+    """What `draw(filter_logits(logits, sampling).softmax(-1), u)` picks, computed on the 2k largest
+    logits alone (top-k keeps the k-th's ties too, and they are among those 2k unless more than k
+    tie), or None where some row's ties of the k-th run past the 2k. Every full-vocabulary pass
+    after torch.topk goes (temperature, softmax, comparisons, two cumsums): on a 2-core CPU those
+    cost more than the model's own step at a 262k vocabulary (`tests/benchmarks/sampler.py`). The
+    same tokens: the same kept set, the same order of the cumulative sums; only softmax's
+    normaliser adds the same terms in another order (a last-bit difference, which moves a draw
+    only where u falls within it of a boundary). bfloat16 logits tie often, hence the 2k. Its
+    tie check reads one bool on the host: for CPUs (no device to sync)."""
+    m = min(2 * k, logits.shape[-1])
+    top, index = torch.topk(logits, m)  # descending
+    top = top.float()
+    if sampling.temperature != 1.0:  # x / T is monotone: the same top m, the same values as dividing all
         top = top / sampling.temperature
-    if bool((top[:, k - 1] == top[:, k]).any()):
+    kth = top[:, k - 1:k]
+    if m < logits.shape[-1] and bool((top[:, -1:] == kth).any()):
         return None
-    top, index = top[:, :k], index[:, :k]
+    top = top.masked_fill(top < kth, float("-inf"))  # top-k: the k largest and their ties
     if sampling.top_p < 1.0:
         # Descending, equal logits by index descending: HF's ascending stable sort, reversed.
         by_index = index.argsort(-1, descending=True)
@@ -102,16 +106,19 @@ def draw_listed(logits: torch.Tensor, sampling: Sampling, k: int, u: torch.Tenso
         top, index = top.gather(-1, by_value), index.gather(-1, by_value)
         ascending = top.softmax(-1).flip(-1).cumsum(-1).flip(-1)  # each one's cumulative probability
         kept = (ascending > 1 - sampling.top_p).sum(-1, keepdim=True).clamp(min=1)  # a prefix of the list
-        top = top.masked_fill(torch.arange(k, device=top.device) >= kept, float("-inf"))
+        top = top.masked_fill(torch.arange(m, device=top.device) >= kept, float("-inf"))
     in_vocab_order = index.argsort(-1)  # the order in which draw's cumulative sum meets them
     top, index = top.gather(-1, in_vocab_order), index.gather(-1, in_vocab_order)
     cdf = top.softmax(-1).cumsum(-1)
-    picked = torch.searchsorted(cdf, u[:, None].to(cdf.dtype) * cdf[:, -1:], right=True).clamp(max=k - 1)
-    return index.gather(-1, picked).squeeze(-1)
+    picked = torch.searchsorted(cdf, u[:, None].to(cdf.dtype) * cdf[:, -1:], right=True)
+    last = (top.isfinite() * torch.arange(m, device=top.device)).argmax(-1, keepdim=True)  # the last kept
+    return index.gather(-1, picked.minimum(last)).squeeze(-1)
 
 
 def pick_next(logits: torch.Tensor, sampling: Sampling | None, u: torch.Tensor | None) -> torch.Tensor:
-    logits = logits.float()
+    """The next token of each row: argmax, or a draw at the row's uniform u. Logits of a
+    lower precision are compared as they are (float32 holds them exactly) and made float32
+    only where arithmetic follows: on the listed tokens, or for the full filter."""
     if sampling is None:
         return logits.argmax(dim=-1)
     k = min(sampling.top_k or logits.shape[-1], logits.shape[-1])
@@ -119,7 +126,7 @@ def pick_next(logits: torch.Tensor, sampling: Sampling | None, u: torch.Tensor |
         token = draw_listed(logits, sampling, k, u)
         if token is not None:
             return token
-    return draw(filter_logits(logits, sampling).softmax(dim=-1), u)
+    return draw(filter_logits(logits.float(), sampling).softmax(dim=-1), u)
 
 
 SHAPE_STEP = 64
