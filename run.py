@@ -71,8 +71,12 @@ def parse_args(argv=None) -> argparse.Namespace:
                    "torch.compile: on a GPU a CUDA graph, compiled once per batch shape; on a CPU compiled twice, "
                    "which pays off only for long runs")
     p.add_argument("--sample-dtype", choices=["float32", "bfloat16", "float16"],
-                   help="PMC samples from a copy of the weights in this dtype (default: bfloat16 on a GPU, "
-                        "else the model's own)")
+                   help="PMC samples from a copy of the weights in this dtype (default: bfloat16 where "
+                        "--train-dtype's default is bfloat16, else the model's own)")
+    p.add_argument("--train-dtype", choices=["float32", "bfloat16"],
+                   help="fine-tuning and unlearning steps in float32, or under bfloat16 autocast (float32 weights); "
+                        "default: bfloat16 on a GPU, and on a CPU with bfloat16 products for models of 50M "
+                        "parameters or more, else float32. Evaluation stays float32 on a CPU")
     p.add_argument("--fsdp", action="store_true", default=None, help="under torchrun: shard weights, gradients and "
                    "AdamW states per transformer block with FSDP2 (default: DistributedDataParallel)")
     p.add_argument("--lora", type=int, dest="lora_rank", metavar="RANK", help="train low-rank adapters of this "

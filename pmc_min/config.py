@@ -19,6 +19,23 @@ METHODS = ("pmc", "ga", "gd", "idk", "npo", "simnpo")
 EVALS = ("tofu", "leakage", "prefill", "overunlearn", "mcq", "factleak")
 UPDATE_COUNTS = ("trainer", "deepspeed")
 MAX_SAMPLES = 1000  # samples per question: a question's n samples are drawn in one batch
+DTYPES = ("float32", "bfloat16")
+BF16_MIN_PARAMETERS = 50_000_000  # a CPU's bfloat16 pays off from about here (docs/benchmarks.md)
+
+
+def bf16_by_default(device: str, parameters: int) -> bool:
+    """Whether a run trains under bfloat16 autocast and PMC samples from a bfloat16 copy when
+    not told otherwise: on a GPU always; on a CPU with native bfloat16 products (AVX-512 BF16 or
+    AMX) for models of BF16_MIN_PARAMETERS or more. Measured on a 2-core AMX CPU: SmolLM2-135M's
+    training step 1.5x and its draw 1.5x faster; a 4M-parameter model's no faster."""
+    if device.startswith("cuda"):
+        return True
+    if device != "cpu" or parameters < BF16_MIN_PARAMETERS:
+        return False
+    import torch
+
+    native = [getattr(torch.cpu, f, lambda: False) for f in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    return any(f() for f in native)
 
 
 def sampling_problems(temperature: float, top_p: float, top_k: int | None) -> list[str]:
@@ -67,6 +84,7 @@ class UnlearnConfig:
     selection_temperature: float = 0.0  # PMC's choice among its samples: 0 the argmax, > 0 Bradley-Terry (pmc.select)
     compile: bool = False  # PMC's sampling with a compiled decode step (a CUDA graph on a GPU)
     sample_dtype: str | None = None  # PMC's sampling from a copy of the weights in this dtype (bfloat16 on a GPU)
+    train_dtype: str | None = None  # "bfloat16": training steps under bfloat16 autocast (float32 weights)
     fsdp: bool = False  # under torchrun: FSDP2 shards weights, gradients and AdamW states per block (else DDP)
     max_grad_norm: float | None = None  # clip the gradient norm to this (None: no clipping, as the authors)
     lora_rank: int | None = None  # train LoRA adapters of this rank beside frozen weights (lora.py), not every weight
@@ -102,6 +120,8 @@ class UnlearnConfig:
             problems.append(f"lambda must not be negative, not {self.lam}")
         if self.sample_dtype not in (None, "float32", "bfloat16", "float16"):
             problems.append(f"sample dtype must be float32, bfloat16 or float16, not {self.sample_dtype!r}")
+        if self.train_dtype not in (None, *DTYPES):
+            problems.append(f"train dtype must be float32 or bfloat16, not {self.train_dtype!r}")
         if self.epochs < 1 or self.batch_size < 1 or self.grad_accum < 1 or self.max_length < 2:
             problems.append("epochs, batch size, gradient accumulation and max length must be positive")
         if not self.weight_decay >= 0:
@@ -142,6 +162,7 @@ class FinetuneConfig:
     batch_size: int
     grad_accum: int
     max_length: int
+    train_dtype: str = "float32"  # "bfloat16": under bfloat16 autocast, as the unlearning steps
 
 
 # Every default a run takes, by kind of model, over UnlearnConfig's (the authors' Phi-1.5 configuration,
@@ -237,26 +258,31 @@ class RunConfig:
         and --resume rebuilds a RunConfig from."""
         return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in SETTLED}
 
-    def unlearn_config(self, preset: str) -> UnlearnConfig:
-        """UnlearnConfig's defaults, then the preset's (and the protocol's), then the command line's; checked."""
+    def unlearn_config(self, preset: str, parameters: int = 0) -> UnlearnConfig:
+        """UnlearnConfig's defaults, then the preset's (and the protocol's), then the command line's,
+        then the dtypes this device and a model of this many parameters do best in; checked."""
         cfg = dict(preset_settings(preset, self.protocol)["unlearn"])
         cfg.update({k: v for k, v in self.unlearn_flags.items() if v is not None})
         cfg["method"], cfg["seed"] = self.method, self.seed
         if cfg.get("top_k") == 0:
             cfg["top_k"] = None
-        if cfg.get("sample_dtype") is None and self.device.startswith("cuda"):
-            cfg["sample_dtype"] = "bfloat16"  # 3-4x faster draws than float32 weights on a GPU
+        bf16 = bf16_by_default(self.device, parameters)  # a GPU: 3-4x faster draws; docs/benchmarks.md
+        if cfg.get("sample_dtype") is None and bf16:
+            cfg["sample_dtype"] = "bfloat16"
+        if cfg.get("train_dtype") is None:
+            cfg["train_dtype"] = "bfloat16" if bf16 else "float32"
         if cfg.get("lora_rank") is not None and cfg.get("lora_alpha") is None:
             cfg["lora_alpha"] = 2 * cfg["lora_rank"]  # recorded in results.json as the run used it
         cfg = UnlearnConfig(**cfg)
         cfg.validate()
         return cfg
 
-    def merged(self, preset: str) -> None:
-        """Settle every default from the checkpoint's preset (`PRESETS`)."""
+    def merged(self, preset: str, parameters: int = 0) -> None:
+        """Settle every default from the checkpoint's preset (`PRESETS`) and its size."""
         settings = preset_settings(preset, self.protocol)
-        self.preset, self.unlearn, self.chat = preset, self.unlearn_config(preset), settings["chat"]
-        finetune = {**settings["finetune"], **({} if self.finetune_epochs is None else {"epochs": self.finetune_epochs})}
+        self.preset, self.unlearn, self.chat = preset, self.unlearn_config(preset, parameters), settings["chat"]
+        finetune = {**settings["finetune"], **({} if self.finetune_epochs is None else {"epochs": self.finetune_epochs}),
+                    "train_dtype": self.unlearn.train_dtype}
         if self.own_data:
             finetune["epochs"] = 0  # your own data: no TOFU fine-tuning
         self.finetune = FinetuneConfig(**finetune)
@@ -267,4 +293,4 @@ SETTLED = ("preset", "unlearn", "finetune", "chat")
 UNLEARN_FLAGS = tuple(f.name for f in fields(UnlearnConfig) if f.name not in ("method", "seed"))
 
 __all__ = ["Sampling", "UnlearnConfig", "FinetuneConfig", "RunConfig", "PRESETS", "CPU_PROTOCOL", "METHODS", "EVALS",
-           "preset_settings", "sampling_problems"]
+           "bf16_by_default", "preset_settings", "sampling_problems"]

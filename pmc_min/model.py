@@ -304,10 +304,11 @@ def refresh_rotary(model: nn.Module, device=None) -> None:
             m.inv_freq = m.compute_inv_freq(device)
 
 
-def autocast(device: torch.device):
-    """bf16 autocast on a GPU (weights stay float32), nothing on a CPU."""
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+def autocast(device: torch.device, dtype: str | None = None):
+    """bfloat16 autocast (the weights stay float32) where dtype is "bfloat16", and by default
+    on a GPU; nothing for "float32", nor by default on a CPU (evaluation stays float32 there)."""
+    if dtype == "bfloat16" or (dtype is None and device.type == "cuda"):
+        return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 

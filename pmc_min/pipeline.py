@@ -96,7 +96,8 @@ def finetuned(run: Run, rows: list[dict], what: str, epochs: int | None = None) 
         model, tokenizer = run.load(run.model_dir)
         run.log(f"Building {what}: {len(rows)} QA, {ft['epochs']} epochs (cached in {folder}) ...")
         finetune(model, tokenizer, rows, epochs=ft["epochs"], lr=ft["lr"], batch_size=ft["batch_size"],
-                 grad_accum=ft["grad_accum"], max_length=ft["max_length"], seed=cfg.seed, progress=cfg.progress)
+                 grad_accum=ft["grad_accum"], max_length=ft["max_length"], seed=cfg.seed, progress=cfg.progress,
+                 train_dtype=ft["train_dtype"])
         checkpoint.save(model, tokenizer, tmp)
         (tmp / "recipe.json").write_text(json.dumps({k: v for k, v in recipe.items() if k != "rows"} | {
             "rows": len(rows)}, indent=1) + "\n")

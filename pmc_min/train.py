@@ -101,9 +101,10 @@ def check_weights(model: torch.nn.Module, where: str) -> None:
 def finetune(model: Transformer, tokenizer: Tokenizer, rows: list[dict], *, epochs: int, lr: float, batch_size: int,
              max_length: int, weight_decay: float = 0.01, grad_accum: int = 1, seed: int = 0,
              max_grad_norm: float | None = None, desc: str = "fine-tune", progress: bool = True,
-             on_epoch=None, decay_all: bool = False) -> list[float]:
+             on_epoch=None, decay_all: bool = False, train_dtype: str | None = None) -> list[float]:
     """Plain supervised fine-tuning on QA pairs (TOFU's step before unlearning);
     returns the mean loss of each epoch. on_epoch(epoch) returning True stops early.
+    train_dtype "bfloat16": the steps under bfloat16 autocast (None: on a GPU only).
     Every epoch runs in full (for TOFU's 4,000 rows in batches of 16 x 2 or 8 x 2,
     as many steps as the authors' Trainer makes), warmup one epoch, no clipping
     unless max_grad_norm is given, weight decay as HF's Trainer applies it (decay_all: on every
@@ -121,7 +122,7 @@ def finetune(model: Transformer, tokenizer: Tokenizer, rows: list[dict], *, epoc
         epoch_loss = 0.0
         for i in range(micro):
             chunk = [rows[j] for j in order[i * batch_size:(i + 1) * batch_size]]
-            with autocast(device):
+            with autocast(device, train_dtype):
                 loss = nll(model, Share.whole(encode_rows(tokenizer, chunk, max_length, device)))
             check_finite(loss.item(), f"in fine-tuning epoch {epoch + 1}")
             (loss / grad_accum).backward()
@@ -227,7 +228,7 @@ def unlearn(model: Transformer, tokenizer: Tokenizer, forget_rows: list[dict], r
             if on_batch is not None:
                 on_batch(method.kind, forget.batch)
                 on_batch("retain", retain.batch)
-            with autocast(device):
+            with autocast(device, cfg.train_dtype):
                 loss, logs = method.loss(engine.module, forget, retain)
             total, *parts = engine.total([loss.item(), *logs.values()], weight)
             check_finite(total, f"in unlearning epoch {epoch + 1}")
