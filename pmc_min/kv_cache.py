@@ -25,11 +25,23 @@ import torch.nn.functional as F
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """softmax(q k^T / sqrt(D) + mask) v, each kv head shared by its group of query heads (GQA).
-    q (B, H, T, D); k, v (B, H_kv, S, D); mask additive, (B, 1, T, S)."""
+    q (B, H, T, D); k, v (B, H_kv, S, D); mask additive, (B, 1, T, S). Under a CPU's bfloat16
+    autocast it computes in float32: its bfloat16 backward is the slower (a SmolLM2 training step
+    15% faster so, docs/benchmarks.md)."""
+    if q.device.type == "cpu" and cpu_autocast():
+        with torch.autocast("cpu", enabled=False):
+            return attention(q.float(), k.float(), v.float(), mask.float())
     if k.shape[1] != q.shape[1]:
         k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
         v = v.repeat_interleave(q.shape[1] // v.shape[1], dim=1)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, H, T, D)
+
+
+def cpu_autocast() -> bool:
+    try:
+        return torch.is_autocast_enabled("cpu")
+    except TypeError:  # torch < 2.4
+        return torch.is_autocast_cpu_enabled()
 
 
 def attention_layout(model, input_ids, attention_mask, write_pos, kv_len):
@@ -91,7 +103,8 @@ class KVCache:
         write(self.k, write_pos, k)
         write(self.v, write_pos, v)
         S = mask.shape[-1]  # the slots in use
-        return attention(q, self.k[:, :, :S], self.v[:, :, :S], mask)
+        dtype = self.k.dtype
+        return attention(q.to(dtype), self.k[:, :, :S], self.v[:, :, :S], mask.to(dtype)).to(q.dtype)
 
 
 class SharedPrefixKV:
@@ -118,6 +131,7 @@ class SharedPrefixKV:
         write(self.v, write_pos, v)
         B, H, _, D = q.shape
         U, H_kv, P, _ = self.prefix_k.shape
+        dtype, q, mask = q.dtype, q.to(self.k.dtype), mask.to(self.k.dtype)
         n, g, T = self.n, H // H_kv, mask.shape[-1] - P  # g query heads share a kv head (GQA)
         k, v = self.k[:, :, :T], self.v[:, :, :T]
 
@@ -133,7 +147,7 @@ class SharedPrefixKV:
         on_generated = q @ k.transpose(-1, -2) + mask[:, :, :, P:]  # (B, H_kv, g, T)
         p = torch.cat([on_prompt, by_prompt(on_generated)], dim=-1).softmax(dim=-1, dtype=torch.float32).to(q.dtype)
         y = by_row(p[..., :P] @ self.prefix_v) + by_row(p[..., P:]) @ v  # (B, H_kv, g, D)
-        return y.reshape(B, H, 1, D)
+        return y.reshape(B, H, 1, D).to(dtype)
 
 
 def zeros(model, key: tuple, shape: tuple, keep: bool) -> torch.Tensor:
@@ -142,12 +156,20 @@ def zeros(model, key: tuple, shape: tuple, keep: bool) -> torch.Tensor:
     graph then finds its cache where it was recorded, and is replayed rather than
     captured again. (torch.compile takes tensors reached through the model's modules as
     fixed-address inputs, which a CUDA graph writes in place.)"""
+    dtype = cache_dtype(model.dtype, model.device)
     if not keep:
-        return torch.zeros(shape, dtype=model.dtype, device=model.device)
+        return torch.zeros(shape, dtype=dtype, device=model.device)
     t = model.kept_cache.get(key)
-    if t is None or t.shape != shape or t.dtype != model.dtype or t.device != model.device:
-        t = model.kept_cache[key] = torch.zeros(shape, dtype=model.dtype, device=model.device)
+    if t is None or t.shape != shape or t.dtype != dtype or t.device != model.device:
+        t = model.kept_cache[key] = torch.zeros(shape, dtype=dtype, device=model.device)
     return t.zero_()
+
+
+def cache_dtype(dtype: torch.dtype, device: torch.device) -> torch.dtype:
+    """What the cache holds and attention computes in: the model's dtype, except float32 on a
+    CPU, whose small bfloat16 attention products are slower than float32 ones (PMC's draw on
+    SmolLM2 from bfloat16 weights: 8% faster so, docs/benchmarks.md) and less exact."""
+    return torch.float32 if device.type == "cpu" else dtype
 
 
 def setup_cache(model, batch: int, n_slots: int, keep: bool = False) -> None:

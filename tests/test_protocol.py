@@ -302,3 +302,52 @@ def test_presets_follow_the_checkpoint_not_its_name(tmp_path):
     assert preset_of(tmp_path / "base") == "default"
     assert preset_of(tmp_path / "chat") == "instruct"
     assert chat_format(LLAMA_32_TEMPLATE) == {"style": "llama3", "system": None, "knowledge_cutoff": "December 2023"}
+
+
+def test_parameter_count_is_what_the_safetensors_files_hold(tmp_path):
+    from safetensors.torch import load_file
+
+    from pmc_min.checkpoint import parameter_count
+
+    write_hf_phi(tmp_path)
+    held = sum(t.numel() for f in tmp_path.glob("*.safetensors") for t in load_file(f).values())
+    assert parameter_count(tmp_path) == held > 0
+
+
+def test_bfloat16_by_default_on_a_gpu_and_for_large_models_on_a_bf16_cpu():
+    from pmc_min.config import BF16_MIN_PARAMETERS, RunConfig, bf16_by_default
+
+    native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    assert bf16_by_default("cuda:0", 10) and not bf16_by_default("cpu", BF16_MIN_PARAMETERS - 1)
+    assert bf16_by_default("cpu", BF16_MIN_PARAMETERS) == native
+    large = RunConfig(model="x", device="cpu").unlearn_config("default", BF16_MIN_PARAMETERS)
+    assert (large.train_dtype, large.sample_dtype) == (("bfloat16", "bfloat16") if native else ("float32", None))
+    told = RunConfig(model="x", device="cpu", unlearn_flags={"train_dtype": "float32"})
+    assert told.unlearn_config("default", BF16_MIN_PARAMETERS).train_dtype == "float32"
+    small = RunConfig(model="x", device="cpu").unlearn_config("default", 10)
+    assert (small.train_dtype, small.sample_dtype) == ("float32", None)
+
+
+def test_bfloat16_training_steps_are_transformers_under_cpu_autocast(tmp_path):
+    """--train-dtype bfloat16 on a CPU: a fine-tuning epoch's loss is transformers' loss of the
+    same batch under torch.autocast(bfloat16), to bfloat16's precision, and differs from the
+    float32 loss (autocast took effect)."""
+    from pmc_min.train import finetune
+
+    hf = write_hf_phi(tmp_path, hidden_size=128, intermediate_size=256).eval()
+    model, tok = pmc_min.load(tmp_path)
+    rows = tiny_rows(8)[0]
+    batch = qa.encode_rows(tok, rows, 32)
+    labels = batch["labels"]
+
+    def hf_loss(dtype):
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bfloat16"):
+            logits = hf(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
+        return F.cross_entropy(logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(), ignore_index=-100).item()
+
+    ours = {d: finetune(model, tok, rows, epochs=1, lr=1e-30, batch_size=8, max_length=32, progress=False,
+                        train_dtype=d)[0] for d in ("float32", "bfloat16")}
+    expected = {d: hf_loss(d) for d in ("float32", "bfloat16")}
+    assert ours["float32"] == pytest.approx(expected["float32"], rel=1e-5)
+    assert ours["bfloat16"] == pytest.approx(expected["bfloat16"], rel=2e-3)
+    assert abs(ours["bfloat16"] - ours["float32"]) > 1e-5 * ours["float32"]

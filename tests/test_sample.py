@@ -104,14 +104,16 @@ def test_top_p_keeps_the_last_of_equal_logits():
 
 
 @given(vocab=st.integers(2, 300), temperature=st.floats(0.1, 3.0), top_k=st.integers(1, 299),
-       top_p=st.floats(0.01, 1.0), seed=st.integers(0, 2**16), levels=st.sampled_from([None, 3, 12]))
+       top_p=st.floats(0.01, 1.0), seed=st.integers(0, 2**16), levels=st.sampled_from([None, 3, 12]),
+       dtype=st.sampled_from([torch.float32, torch.bfloat16]))
 def test_draw_from_the_listed_tokens_picks_what_transformers_warpers_give(vocab, temperature, top_k, top_p, seed,
-                                                                         levels):
+                                                                         levels, dtype):
     """The CPU draw on the k largest logits alone picks the token that inverting the CDF of the
     distribution filtered by HF's warpers picks, in vocabulary order, at the same uniform. With
     few distinct logit values (`levels`) ties straddle the top-p cut or the k-th logit: where
     they straddle the top-p cut, the filtered distribution is filter_logits' (whose tie rule
-    HF's unstable sort leaves open, see above); ties of the k-th that run past the 2k listed give None."""
+    HF's unstable sort leaves open, see above); ties of the k-th that run past the 2k listed give None.
+    bfloat16 logits (a model sampled in bfloat16) are drawn from as their float32 values would be."""
     g = torch.Generator().manual_seed(seed)
     logits = torch.randn(6, vocab, generator=g) * 3
     if levels:
@@ -119,7 +121,8 @@ def test_draw_from_the_listed_tokens_picks_what_transformers_warpers_give(vocab,
     u = torch.rand(6, generator=g)
     k = min(top_k, vocab - 1)
     s = Sampling(temperature, top_p, k)
-    got = draw_listed(logits, s, k, u)
+    got = draw_listed(logits.to(dtype), s, k, u)
+    logits = logits.to(dtype).float()  # the same values
     scaled = logits / temperature
     m = min(2 * k, vocab)
     ties_past_the_list = m < vocab and (scaled.topk(m).values[:, k - 1] == scaled.topk(m).values[:, m - 1]).any()
@@ -127,7 +130,7 @@ def test_draw_from_the_listed_tokens_picks_what_transformers_warpers_give(vocab,
         assert got is None
         return
     expected_probs = filter_logits(logits, s).softmax(-1)
-    if not levels:
+    if not levels and dtype == torch.float32:  # no ties (bfloat16 values tie: see above)
         hf = TopPLogitsWarper(top_p)(None, TopKLogitsWarper(k)(None, TemperatureLogitsWarper(temperature)(None, logits)))
         assert torch.equal(hf.isfinite(), expected_probs > 0)
     cdf = expected_probs.double().cumsum(-1)

@@ -5,11 +5,13 @@ weights, the achieved FLOP/s of PMC's draw (8 forget01 questions in the chat tem
 backward and AdamW) and of a PMC step (its draw, the rewards, and the training step on the
 collapse and retain rows), each as a fraction of the float32 peak, with a profile split.
 
-    python tests/benchmarks/cpu_peak.py --data-dir tofu [--model smollm2-135m] [--before]
+    python tests/benchmarks/cpu_peak.py --data-dir tofu [--model smollm2-135m] [--before] [--bf16]
 
 --before measures the code as it was before its two CPU changes: the sampler filtering the
 whole vocabulary at every step (no `sample.draw_listed`), and the losses running the output
-layer at every position (no `losses.labelled_nll`).
+layer at every position (no `losses.labelled_nll`). --bf16 measures what a run does by default on
+a CPU with bfloat16 products: draws from a bfloat16 copy of the weights, training steps under
+bfloat16 autocast (the fractions are then also given of the bfloat16 peak).
 
 FLOPs are counted by torch's FlopCounterMode (matrix products and attention; element-wise
 work counts nothing, so the fractions are of useful matrix work). Each workload is timed best
@@ -38,6 +40,7 @@ parser.add_argument("--model", default="smollm2-135m")
 parser.add_argument("--data-dir", help="TOFU's JSON Lines files (default: the hub dataset locuslab/TOFU)")
 parser.add_argument("--repeats", type=int, default=3)
 parser.add_argument("--before", action="store_true", help="without the listed-token draw and the labelled-only head")
+parser.add_argument("--bf16", action="store_true", help="draws from a bfloat16 copy, training under bfloat16 autocast")
 args = parser.parse_args()
 if args.before:
     from pmc_min import qa
@@ -129,38 +132,44 @@ prompts = tok.encode_batch([prompt(q, tok.chat) for q in questions], bos=True)
 settings = pmc_min.Sampling(1.25, 0.95, 50)
 y0 = greedy_answers(model, tok, questions, 160)
 opt, sched = optimizer_and_schedule(model, 1e-5, 0.01, 10 ** 6, 0)
+dtype = "bfloat16" if args.bf16 else "float32"
+sampler = pmc_min.checkpoint.build(model.config, dict(model.state_dict()), dtype=torch.bfloat16) if args.bf16 else model
 
 
 def draw():
-    sample.generate_ids(model, prompts, n=5, max_new_tokens=48, eos_id=model.config.vocab_size, pad_id=tok.pad_id,
+    sample.generate_ids(sampler, prompts, n=5, max_new_tokens=48, eos_id=model.config.vocab_size, pad_id=tok.pad_id,
                         sampling=settings, seed=0)
 
 
 def finetune_step():
     model.train()
-    loss = nll(model, Share.whole(encode_rows(tok, forget, 160)))
+    with model_module.autocast(model.device, dtype):
+        loss = nll(model, Share.whole(encode_rows(tok, forget, 160)))
     loss.backward()
     optimizer_step(model, opt, sched)
 
 
 def pmc_step():
     cache = BestSoFar()
-    resample(model, tok, cache, list(range(8)), questions, y0, n=5, sampling=settings, max_length=160)
+    if args.bf16:
+        sampler.load_weights_from(model)
+    resample(sampler, tok, cache, list(range(8)), questions, y0, n=5, sampling=settings, max_length=160)
     model.train()
     collapse = collapse_batch(tok, questions, [cache.answers[q] for q in range(8)], 160)
-    loss = nll(model, Share.whole(collapse)) + 1.25 * nll(model, Share.whole(encode_rows(tok, retain, 160)))
+    with model_module.autocast(model.device, dtype):
+        loss = nll(model, Share.whole(collapse)) + 1.25 * nll(model, Share.whole(encode_rows(tok, retain, 160)))
     loss.backward()
     optimizer_step(model, opt, sched)
 
 
 peaks = {"float32": matmul_peak(torch.float32), "bfloat16": matmul_peak(torch.bfloat16)}
 print(f"{args.model} ({model.num_parameters():,} parameters), {torch.get_num_threads()} threads"
-      f"{', as before the CPU changes' if args.before else ''}")
+      f"{', as before the CPU changes' if args.before else ''}{', bfloat16 draws and autocast' if args.bf16 else ''}")
 print(f"peak: float32 {peaks['float32'] / 1e9:.0f} GFLOP/s, bfloat16 {peaks['bfloat16'] / 1e9:.0f} GFLOP/s "
       f"(a {2048}^3 matmul, best of 5)")
-print("| work | seconds | GFLOP | achieved GFLOP/s | of the float32 peak | matrix products | attention | "
+print("| work | seconds | GFLOP | achieved GFLOP/s | of the float32 peak | of the bfloat16 peak | matrix products | attention | "
       "sampling filter | element-wise and copies | Python overhead |")
-print("|---|---|---|---|---|---|---|---|---|---|")
+print("|---|---|---|---|---|---|---|---|---|---|---|")
 for name, fn in [("draw (8 x 5 x 48 tokens)", draw), ("fine-tuning step (8 rows)", finetune_step),
                  ("PMC step (draw, rewards, training)", pmc_step)]:
     fn()  # warm-up
@@ -168,5 +177,5 @@ for name, fn in [("draw (8 x 5 x 48 tokens)", draw), ("fine-tuning step (8 rows)
     best = min(timed(fn) for _ in range(args.repeats))
     split = profile_split(fn)
     print(f"| {name} | {best:.2f} | {flops / 1e9:.1f} | {flops / best / 1e9:.1f} | "
-          f"{flops / best / peaks['float32']:.1%} | " + " | ".join(f"{v:.0%}" for v in split.values()) + " |",
+          f"{flops / best / peaks['float32']:.1%} | {flops / best / peaks['bfloat16']:.1%} | " + " | ".join(f"{v:.0%}" for v in split.values()) + " |",
           flush=True)
