@@ -61,6 +61,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--selection-temperature", type=float, help="PMC's choice among its samples: 0 the least "
                    "similar (the authors'), > 0 a Bradley-Terry draw, softmax(reward / TAU)")
     p.add_argument("--min-len", type=int, help="length penalty below this many words (0 = off)")
+    p.add_argument("--reward", choices=["rouge", "fluent"], help="PMC's choice among its samples: rouge, the paper's "
+                   "(default), or fluent: beyond the paper, a sample less likely under the model before unlearning "
+                   "than any of that model's own samples loses by its excess in nats per token (docs/method.md)")
     p.add_argument("--max-grad-norm", type=float, help="clip the gradient norm to this (default: no clipping, "
                                                        "as the authors)")
     p.add_argument("--update-count", choices=["trainer", "deepspeed"], help="when AdamW updates: at HF Trainer's "

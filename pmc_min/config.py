@@ -20,6 +20,7 @@ EVALS = ("tofu", "leakage", "prefill", "overunlearn", "mcq", "factleak")
 UPDATE_COUNTS = ("trainer", "deepspeed")
 MAX_SAMPLES = 1000  # samples per question: a question's n samples are drawn in one batch
 DTYPES = ("float32", "bfloat16")
+REWARDS = ("rouge", "fluent")  # PMC's: the paper's 1 - ROUGE-L recall, or that kept on language (pmc.fluent)
 BF16_MIN_PARAMETERS = 50_000_000  # a CPU's bfloat16 pays off from about here (docs/benchmarks.md)
 
 
@@ -81,6 +82,7 @@ class UnlearnConfig:
     top_p: float = 0.95
     top_k: int | None = 50  # HF generate's default, which the authors' sampling applied
     min_len: int = 0
+    reward: str = "rouge"  # "fluent": PMC's score plus its fluency excess (pmc.fluent), beyond the paper
     selection_temperature: float = 0.0  # PMC's choice among its samples: 0 the argmax, > 0 Bradley-Terry (pmc.select)
     compile: bool = False  # PMC's sampling with a compiled decode step (a CUDA graph on a GPU)
     sample_dtype: str | None = None  # PMC's sampling from a copy of the weights in this dtype (bfloat16 on a GPU)
@@ -120,6 +122,10 @@ class UnlearnConfig:
             problems.append(f"lambda must not be negative, not {self.lam}")
         if self.sample_dtype not in (None, "float32", "bfloat16", "float16"):
             problems.append(f"sample dtype must be float32, bfloat16 or float16, not {self.sample_dtype!r}")
+        if self.reward not in REWARDS:
+            problems.append(f"the reward must be one of {', '.join(REWARDS)}, not {self.reward!r}")
+        elif self.reward != "rouge" and self.method != "pmc":
+            problems.append(f"--reward {self.reward} is PMC's choice among its samples, and {self.method} draws none")
         if self.train_dtype not in (None, *DTYPES):
             problems.append(f"train dtype must be float32 or bfloat16, not {self.train_dtype!r}")
         if self.epochs < 1 or self.batch_size < 1 or self.grad_accum < 1 or self.max_length < 2:

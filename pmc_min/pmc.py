@@ -10,7 +10,9 @@ keeps the collapse partial. The steps (docs/method.md §2):
 
 1. `initial_answers`   y0[q]: the original model's greedy answer, the reference of the reward.
 2. `sample_answers`    n answers per question from the current model (T, top_p, top_k).
-3. `score`             s(x) = ROUGE-L recall(reference=y0, candidate=x) (+ optional length penalty).
+3. `score`             s(x) = ROUGE-L recall(reference=y0, candidate=x) (+ optional length penalty);
+                      with --reward fluent, `fluent` adds how far x is less likely than the model's own
+                      answers under the model before unlearning (beyond the paper; docs/method.md §2b).
 4. `select`            the argmin of s (= the argmax of the reward 1 - s), or a Bradley-Terry draw.
 5. `BestSoFar`         per question, the least similar answer seen so far; score 0 stops resampling.
 6. `collapse_batch` and `pmc_loss`: NLL(pick | q) + lambda * NLL(retain answer | retain q).
@@ -32,7 +34,7 @@ from .checkpoint import build
 from .engine import Share
 from .method import Method, nll
 from .model import Transformer
-from .qa import encode_qa, generate_answers, greedy_answers
+from .qa import encode_qa, generate_answers, greedy_answers, score_answers
 from .rng import seed_of
 from .rouge import rouge_l_recall
 from .sample import Sampling
@@ -62,6 +64,38 @@ def score(sample: str, y0: str, min_len: int = 0) -> float:
         if words < min_len:
             s = min(1.0, s + math.exp(-words))
     return s
+
+
+def fluent(s: float, nll: float, budget: float) -> float:
+    """Step 3 with --reward fluent: the score s plus the nats per token by which the sample is less
+    likely, under the model before unlearning, than the least likely of that model's own samples
+    (`budget`). Within the budget the paper's score is unchanged; beyond it, each nat per token
+    weighs as much as all of ROUGE-L, so a sample off language loses to any on it that is not
+    far closer to y0."""
+    return s + max(0.0, nll - budget)
+
+
+class FluencyScorer:
+    """The model before unlearning, frozen, as --reward fluent's only judge: the mean NLL per
+    token of an answer given its question (the answer's tokens and its end, as trained). It reads
+    questions and the model's own samples only, never the forget answers."""
+
+    def __init__(self, model: Transformer, tokenizer: Tokenizer, max_length: int, batch_size: int):
+        weights = lora.merged_state(model) if lora.attached(model) else model.state_dict()
+        self.model = build(model.config, {k: v.detach().clone() for k, v in weights.items()}, device=model.device,
+                           dtype=model.dtype).eval().requires_grad_(False)
+        self.tokenizer, self.max_length, self.batch_size = tokenizer, max_length, batch_size
+
+    def __call__(self, questions: list[str], answers: list[str]) -> list[float]:
+        total, count = score_answers(self.model, self.tokenizer, questions, answers, self.max_length,
+                                     self.batch_size)
+        return (total / count).tolist()
+
+    def budget(self, questions: list[str], n: int, sampling: Sampling, seed: int, compile: bool = False) -> float:
+        """The least likely, per token, of n samples of the model itself per question (epoch 0's seeds)."""
+        seeds = [draw_seed(seed, 0, q) for q in range(len(questions))]
+        own = sample_answers(self.model, self.tokenizer, questions, n, sampling, self.max_length, seeds, compile)
+        return max(self([q for q, xs in zip(questions, own) for _ in xs], [x for xs in own for x in xs]))
 
 
 def select(scores: list[float], tau: float = 0.0, rng: random.Random | None = None) -> int:
@@ -109,17 +143,22 @@ def draw_seed(seed: int, epoch: int, question: int) -> int:
 def resample(model: Transformer, tokenizer: Tokenizer, cache: BestSoFar, batch: list[int], questions: list[str],
              y0: list[str], *, n: int, sampling: Sampling, max_length: int, min_len: int = 0,
              seed: int = 0, epoch: int = 1, compile: bool = False,
-             tau: float = 0.0) -> dict[int, tuple[list, list]]:
+             tau: float = 0.0, fluency=None, budget: float = 0.0) -> dict[int, tuple[list, list]]:
     """Steps 2-5 for one batch of forget questions (indices into questions/y0) in an epoch;
-    returns {question: (its samples, their scores)} for the questions it sampled."""
+    returns {question: (its samples, their scores)} for the questions it sampled. fluency
+    (a FluencyScorer) and its budget: --reward fluent's scores (`fluent`)."""
     todo = [q for q in batch if cache.needs_sampling(q)]
     if not todo:
         return {}
     seeds = [draw_seed(seed, epoch, q) for q in todo]
     samples = sample_answers(model, tokenizer, [questions[q] for q in todo], n, sampling, max_length, seeds, compile)
+    if fluency is not None:
+        nlls = iter(fluency([questions[q] for q, xs in zip(todo, samples) for _ in xs], [x for xs in samples for x in xs]))
     drawn = {}
     for q, s, candidates in zip(todo, seeds, samples):
         scores = [score(x, y0[q], min_len) for x in candidates]
+        if fluency is not None:
+            scores = [fluent(v, next(nlls), budget) for v in scores]
         best = select(scores, tau, random.Random(s) if tau > 0 else None)  # Bradley-Terry's draw; argmax draws none
         cache.offer(q, candidates[best], scores[best])
         drawn[q] = (candidates, scores)
@@ -143,17 +182,26 @@ class PMC(Method):
     def __init__(self, model, tokenizer, rows, cfg):
         super().__init__(model, tokenizer, rows, cfg)
         self.questions, self.cache, self.y0, self.sampler = [r["question"] for r in rows], BestSoFar(), None, None
+        self.fluency, self.budget = None, None  # --reward fluent's judge and budget
 
     def start(self, curves, y0=None):
         self.y0 = y0 or initial_answers(self.model, self.tokenizer, self.questions, self.cfg.max_length)
         curves.curves["logp_y0"].append(self.logp_y0())  # epoch 0
+        if self.cfg.reward == "fluent":
+            self.judge(self.model)
+            self.budget = self.fluency.budget(self.questions, self.cfg.n_samples, self.cfg.sampling, self.cfg.seed,
+                                              self.cfg.compile)
+
+    def judge(self, before: Transformer) -> None:
+        """--reward fluent: its judge is `before`, the model as it was before unlearning."""
+        self.fluency = FluencyScorer(before, self.tokenizer, self.cfg.max_length, self.cfg.batch_size)
 
     def state_dict(self):
         return {"y0": self.y0, "cache_answers": {str(k): v for k, v in self.cache.answers.items()},
-                "cache_scores": {str(k): v for k, v in self.cache.scores.items()}}
+                "cache_scores": {str(k): v for k, v in self.cache.scores.items()}, "budget": self.budget}
 
     def load_state_dict(self, state):
-        self.y0 = state["y0"]
+        self.y0, self.budget = state["y0"], state.get("budget")
         self.cache = BestSoFar({int(k): v for k, v in state["cache_answers"].items()},
                                {int(k): v for k, v in state["cache_scores"].items()})
 
@@ -174,7 +222,8 @@ class PMC(Method):
             self.sampler.load_weights_from(model)
         drawn = resample(self.sampler, self.tokenizer, self.cache, idx, self.questions, self.y0, n=cfg.n_samples,
                          sampling=cfg.sampling, max_length=cfg.max_length, min_len=cfg.min_len, seed=cfg.seed,
-                         epoch=epoch, compile=cfg.compile, tau=cfg.selection_temperature)
+                         epoch=epoch, compile=cfg.compile, tau=cfg.selection_temperature, fluency=self.fluency,
+                         budget=self.budget)
         curves.draws(epoch, len(self.questions), drawn)
         curves.add(picked_rouge_l=[self.cache.scores[q] for q in idx])
 
@@ -194,7 +243,8 @@ class PMC(Method):
         return {"logp_y0": self.logp_y0()}
 
     def result(self):
-        return {"y0": self.y0, "final_picks": [self.cache.answers.get(q) for q in range(len(self.questions))]}
+        return {"y0": self.y0, "final_picks": [self.cache.answers.get(q) for q in range(len(self.questions))],
+                **({"fluency_budget": self.budget} if self.budget is not None else {})}
 
 
 def pmc_loss(model: Transformer, collapse: Share, retain: Share, lam: float) -> tuple[torch.Tensor, dict]:

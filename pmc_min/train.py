@@ -176,14 +176,15 @@ class TrainingState:
 
 def unlearn(model: Transformer, tokenizer: Tokenizer, forget_rows: list[dict], retain_rows: list[dict],
             cfg: UnlearnConfig, *, on_batch=None, on_epoch_end=None, resume: TrainingState | None = None,
-            y0: list[str] | None = None, progress: bool = True) -> dict:
+            y0: list[str] | None = None, progress: bool = True, before: Transformer | None = None) -> dict:
     """Unlearn forget_rows with cfg.method; returns the training curves.
 
     on_batch(kind, batch), if given, sees every batch that enters a loss
     (kind: "collapse", "forget" or "retain"). on_epoch_end(state, engine) receives,
     after every epoch, the TrainingState to continue from (`resume=state`) and the
     engine whose optimizer it describes. y0, if given, are PMC's reference answers
-    already generated (step 1). forget_rows need no answers for PMC and IDK. The
+    already generated (step 1). before: the model as it was before unlearning, which a
+    resumed run with --reward fluent scores its samples with. forget_rows need no answers for PMC and IDK. The
     model's weights are the caller's to save. Under torchrun every rank calls this
     alike (`Engine`)."""
     cfg.validate()
@@ -201,6 +202,10 @@ def unlearn(model: Transformer, tokenizer: Tokenizer, forget_rows: list[dict], r
     else:
         method.load_state_dict(state.method)
         rng.setstate(state.rng)
+        if cfg.reward == "fluent":
+            if before is None:
+                raise UserError("A --reward fluent run resumes with the model it started from (unlearn(before=...)).")
+            method.judge(before)
     engine = Engine(model, cfg, length.max_steps, length.warmup)
     if resume is not None:
         if engine.wrapped != bool(state.sharded):

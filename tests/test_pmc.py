@@ -176,3 +176,85 @@ def test_pmc_samples_from_a_bfloat16_copy_refreshed_before_every_draw(tmp_path, 
     unlearn(model, tok, forget, retain, cfg, progress=False)
     assert draws == [(True, torch.bfloat16, torch.float32, True)] * 4
     assert model.dtype == torch.float32 and not all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+def test_fluent_reward_is_its_definition_on_hand_made_scores(monkeypatch):
+    """--reward fluent: score + max(0, NLL per token - budget); within the budget the paper's
+    choice, beyond it a sample loses by its excess. Hand-made samples, NLLs and budget."""
+    assert pmc.fluent(0.3, 2.0, 2.5) == 0.3 and pmc.fluent(0.0, 4.0, 2.5) == 1.5 and pmc.fluent(1.0, 2.5, 2.5) == 1.0
+    samples = {"q0": ["zzz qqq", "the book is new", "a b c"], "q1": ["x", "y"]}
+    nll = {"zzz qqq": 9.0, "the book is new": 2.0, "a b c": 0.5, "x": 3.5, "y": 3.0}
+    monkeypatch.setattr(pmc, "sample_answers", lambda model, tok, qs, *a, **k: [samples[q] for q in qs])
+    judged = []
+
+    def fluency(questions, answers):
+        judged.append((questions, answers))
+        return [nll[a] for a in answers]
+
+    cache = pmc.BestSoFar()
+    drawn = pmc.resample(None, None, cache, [0, 1], ["q0", "q1"], ["a b c", "a b"], n=3, sampling=Sampling(),
+                         max_length=10, fluency=fluency, budget=2.5)
+    # q0: rouge scores 0, 0, 1; fluent 6.5, 0, 1 -> "the book is new" (rouge alone would take "zzz qqq")
+    assert drawn[0][1] == pytest.approx([6.5, 0.0, 1.0]) and cache.answers[0] == "the book is new"
+    assert drawn[1][1] == pytest.approx([1.0, 0.5]) and cache.answers[1] == "y"  # both off: the less far
+    assert judged == [(["q0"] * 3 + ["q1"] * 2, ["zzz qqq", "the book is new", "a b c", "x", "y"])]
+
+
+def test_fluency_judge_is_the_model_before_unlearning_as_transformers_scores(tmp_path):
+    """The judge's NLL per token of an answer equals transformers' loss on the same prompt and
+    answer tokens, under the weights as they were when it was made (a later update of the
+    model does not reach it); its budget is the largest of its own samples' NLLs."""
+    import torch
+    import torch.nn.functional as F
+
+    hf = write_hf_phi(tmp_path, vocab_size=320)
+    model, tok = pmc_min.load(tmp_path)
+    judge = pmc.FluencyScorer(model, tok, max_length=40, batch_size=4)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.1)  # unlearning moves the model, not its judge
+    questions, answers = ["Where was author 1 born?", "Who wrote it?"], ["In city 1.", "zq zq zq"]
+    got = judge(questions, answers)
+    batch = encode_qa(tok, questions, answers, 40)
+    for i, value in enumerate(got):
+        with torch.no_grad():
+            logits = hf(input_ids=batch["input_ids"][i:i + 1], attention_mask=batch["attention_mask"][i:i + 1]).logits
+        labels = batch["labels"][i, 1:]
+        expected = F.cross_entropy(logits[0, :-1], labels, ignore_index=-100).item()
+        assert value == pytest.approx(expected, rel=1e-5)
+    budget = judge.budget(questions, 3, Sampling(1.0, 1.0, None), seed=0)
+    seeds = [pmc.draw_seed(0, 0, q) for q in range(2)]
+    own = pmc.sample_answers(judge.model, tok, questions, 3, Sampling(1.0, 1.0, None), 40, seeds)
+    assert budget == max(judge([q for q in questions for _ in range(3)], [a for xs in own for a in xs]))
+
+
+def test_fluent_reward_never_reads_the_forget_answers(tmp_path, monkeypatch):
+    """A canary in the forget answers reaches neither the fluency judge nor a training batch."""
+    write_hf_phi(tmp_path, vocab_size=320)
+    model, tok = pmc_min.load(tmp_path)
+    forget = [{"question": f"Where was author {i} born?", "answer": f"In {CANARY} city number {i}."}
+              for i in range(6)]
+    retain = [{"question": f"What did author {i} write?", "answer": f"Book {i}."} for i in range(6)]
+    judged, seen, real = [], [], pmc.FluencyScorer.__call__
+
+    def spy(self, questions, answers):
+        judged.extend(questions + answers)
+        return real(self, questions, answers)
+
+    monkeypatch.setattr(pmc.FluencyScorer, "__call__", spy)
+    cfg = UnlearnConfig(epochs=2, lr=1e-3, batch_size=3, grad_accum=1, max_length=40, n_samples=2, reward="fluent")
+    curves = unlearn(model, tok, forget, retain, cfg, on_batch=lambda kind, b: seen.append((kind, b)), progress=False)
+    assert len(judged) >= 2 * (6 * 2 + 6 * 2)  # the budget's 6 x 2 own samples, then epoch 1's 6 x 2 at least
+    assert not any(CANARY in text for text in judged) and curves["fluency_budget"] > 0
+    for _, batch in seen:
+        for row in batch["input_ids"].tolist():
+            assert CANARY not in tok.decode(row).replace(" ", "")
+
+
+def test_fluent_reward_with_a_baseline_is_refused_in_one_sentence(tmp_path):
+    from helpers import assert_clean_error, run_py
+
+    for method in ("npo", "gd"):
+        out = run_py("--method", method, "--reward", "fluent", "--out", str(tmp_path / method))
+        assert_clean_error(out, rf"--reward fluent is PMC's choice among its samples, and {method} draws none")
+        assert not (tmp_path / method).exists()
