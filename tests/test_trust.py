@@ -161,6 +161,22 @@ def test_a_full_disk_at_a_checkpoint_keeps_the_last_one(phi_and_data, finished, 
     assert comparable(out) == finished[1]
 
 
+def test_a_fluent_reward_run_stopped_and_resumed_equals_one_run_through(phi_and_data, tmp_path, monkeypatch):
+    """--reward fluent resumed: the budget comes from the checkpoint and the judge from the model
+    the run started from, so the picks, curves and results are an uninterrupted run's."""
+    through, cut = tmp_path / "through", tmp_path / "cut"
+    assert run.main(flags(phi_and_data, through) + ["--reward", "fluent"]) == 0
+    real_save = resume_mod.save
+    monkeypatch.setattr(resume_mod, "save", lambda m, t, path: (no_space() if "epoch-0002" in str(path)
+                                                                else real_save(m, t, path)))
+    with pytest.raises(pmc_min.UserError, match="No space left on device"):
+        run.main(flags(phi_and_data, cut) + ["--reward", "fluent"])
+    monkeypatch.setattr(resume_mod, "save", real_save)
+    assert run.main(["--resume", str(cut)]) == 0
+    results = comparable(cut)
+    assert results == comparable(through) and results["curves"]["fluency_budget"] > 0
+
+
 def test_a_full_disk_at_the_model_keeps_results_json(phi_and_data, tmp_path, monkeypatch):
     out = tmp_path / "run"
     monkeypatch.setattr(checkpoint, "save", no_space)
