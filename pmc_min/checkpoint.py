@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import errno
 import json
-import math
 import os
 from dataclasses import fields
 import re
@@ -190,20 +189,6 @@ def load_config(folder: Path) -> Config:
         return config_from_hf(json.loads(path.read_text()))
     except json.JSONDecodeError as e:
         raise UserError(f"{path} is not valid JSON ({e}).") from None
-
-
-def parameter_count(folder: Path) -> int:
-    """How many numbers the folder's safetensors files hold, read from their headers alone
-    (8 bytes of length, then JSON: each tensor's shape)."""
-    total = 0
-    for path in sorted(Path(folder).glob("*.safetensors")):
-        try:
-            with open(path, "rb") as f:
-                header = json.loads(f.read(int.from_bytes(f.read(8), "little")))
-        except (OSError, ValueError) as e:
-            raise UserError(f"{path} is not a readable safetensors file ({e}); download it again.") from None
-        total += sum(math.prod(t["shape"]) for name, t in header.items() if name != "__metadata__")
-    return total
 
 
 def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:

@@ -120,3 +120,17 @@ def build_once(folder: Path, build) -> Path:
         (tmp / "READY").write_text("ok\n")
         os.replace(tmp, folder)
     return folder
+
+
+def parameter_count(folder: Path) -> int:
+    """How many numbers the folder's safetensors files hold, read from their headers alone
+    (8 bytes of length, then JSON: each tensor's shape)."""
+    total = 0
+    for path in sorted(Path(folder).glob("*.safetensors")):
+        try:
+            with open(path, "rb") as f:
+                header = json.loads(f.read(int.from_bytes(f.read(8), "little")))
+        except (OSError, ValueError) as e:
+            raise UserError(f"{path} is not a readable safetensors file ({e}); download it again.") from None
+        total += sum(math.prod(t["shape"]) for name, t in header.items() if name != "__metadata__")
+    return total

@@ -203,9 +203,8 @@ def overunlearn_base(run: Run, ev: Evaluations, tokenizer, before: dict):
 
 
 def train(run: Run, model, tokenizer, state, before: dict):
-    """(model, tokenizer, curves) after unlearning, or the retain-only reference with --reference.
-    On your own data, PMC's y0 and any self-distilled retain targets are the greedy answers of
-    the evaluation before unlearning."""
+    """(model, tokenizer, curves) after unlearning, or the retain-only reference with --reference. On your
+    own data, PMC's y0 and any self-distilled retain targets are the greedy answers before unlearning."""
     cfg, retain_rows, y0 = run.config, run.data.retain_rows, None
     if cfg.own_data:
         y0 = before["y0"]["forget"]
@@ -223,10 +222,10 @@ def train(run: Run, model, tokenizer, state, before: dict):
                 return *reference_model(run), {}
         what = cfg.forget_questions or cfg.split
         run.log(f"Unlearning {what} ({len(run.data.forget_rows)} questions) with {cfg.method} ...")
-        resumed_fluent = state is not None and cfg.unlearn.reward == "fluent"  # its judge: the starting model
+        judge = state is not None and cfg.unlearn.reward == "fluent"  # resumed, it needs the starting model
         return model, tokenizer, unlearn(model, tokenizer, run.data.forget_rows, retain_rows, cfg.unlearn, y0=y0,
                                          progress=cfg.progress, on_epoch_end=on_epoch_end, resume=state,
-                                         before=run.load(start_folder(run))[0] if resumed_fluent else None)
+                                         before=run.load(start_folder(run))[0] if judge else None)
     except NonFiniteLoss as e:
         kept = latest_state(run.out)
         raise NonFiniteLoss(f"{str(e)[:-1]}; nothing non-finite was saved" + (

@@ -20,7 +20,7 @@ from .config import CPU_PROTOCOL, MAX_SAMPLES, RunConfig, sampling_problems
 from .data import RETAIN_OF, load_split, resolve_data_dir, wikitext_probe
 from .errors import UserError
 from .evaluate import eval_sets
-from .files import INPUTS, pinned_inputs, record_input, write_json
+from .files import INPUTS, parameter_count, pinned_inputs, record_input, write_json
 from .qa import prompt
 from .tokenizer import Tokenizer, chat_format
 from .train import run_length
@@ -210,7 +210,7 @@ def settle_tofu(cfg: RunConfig, out: Path) -> Run:
     if cfg.tiny_default:
         data_dir = tiny_data_dir
         data = read_splits(data_dir, cfg, finetunes)
-    cfg.merged("tiny" if cfg.model == "tiny" else preset_of(model_dir), checkpoint.parameter_count(model_dir))
+    cfg.merged("tiny" if cfg.model == "tiny" else preset_of(model_dir), parameter_count(model_dir))
     if not cfg.reference:
         run_length(len(data.forget_rows), cfg.unlearn)  # too short for one optimizer step: fail now, not later
     if cfg.reference_logs:
@@ -238,7 +238,7 @@ def settle_own_data(cfg: RunConfig, out: Path) -> Run:
     retain = own_data.without_forget(retain or load_split(data_dir, RETAIN_OF["forget10"]), questions)
     if cfg.limit is not None:
         questions, retain = questions[:cfg.limit], retain[:cfg.limit]
-    cfg.merged("tiny" if cfg.model == "tiny" else preset_of(model_dir), checkpoint.parameter_count(model_dir))
+    cfg.merged("tiny" if cfg.model == "tiny" else preset_of(model_dir), parameter_count(model_dir))
     run_length(len(questions), cfg.unlearn)
     return Run(config=cfg, out=out, data_dir=data_dir, model_dir=model_dir,
                data=Data(forget_rows=[{"question": q} for q in questions], retain_rows=retain, sets={}))

@@ -307,7 +307,7 @@ def test_presets_follow_the_checkpoint_not_its_name(tmp_path):
 def test_parameter_count_is_what_the_safetensors_files_hold(tmp_path):
     from safetensors.torch import load_file
 
-    from pmc_min.checkpoint import parameter_count
+    from pmc_min.files import parameter_count
 
     write_hf_phi(tmp_path)
     held = sum(t.numel() for f in tmp_path.glob("*.safetensors") for t in load_file(f).values())
