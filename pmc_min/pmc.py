@@ -81,7 +81,7 @@ class FluencyScorer:
     questions and the model's own samples only, never the forget answers."""
 
     def __init__(self, model: Transformer, tokenizer: Tokenizer, max_length: int, batch_size: int):
-        weights = lora.merged_state(model) if lora.attached(model) else model.state_dict()
+        weights = lora.merged_state(model)  # a plain model's own state, or the adapters merged in
         self.model = build(model.config, {k: v.detach().clone() for k, v in weights.items()}, device=model.device,
                            dtype=model.dtype).eval().requires_grad_(False)
         self.tokenizer, self.max_length, self.batch_size = tokenizer, max_length, batch_size
