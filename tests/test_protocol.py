@@ -351,3 +351,23 @@ def test_bfloat16_training_steps_are_transformers_under_cpu_autocast(tmp_path):
     assert ours["float32"] == pytest.approx(expected["float32"], rel=1e-5)
     assert ours["bfloat16"] == pytest.approx(expected["bfloat16"], rel=2e-3)
     assert abs(ours["bfloat16"] - ours["float32"]) > 1e-5 * ours["float32"]
+
+
+@pytest.mark.parametrize("preset, authors", [
+    # SPEC's table of the authors' settings, written out here: Llama-3.2-3B-Instruct's and Phi-1.5's
+    ("instruct", dict(lam=1.25, n_samples=20, temperature=0.9, top_p=0.95, top_k=50, epochs=30, lr=1e-5,
+                      weight_decay=0.01, batch_size=8, grad_accum=2)),
+    ("default", dict(lam=1.5, n_samples=5, temperature=1.25, top_p=0.95, top_k=50, epochs=40, lr=1e-5,
+                     weight_decay=0.01, batch_size=16, grad_accum=4)),
+])
+def test_the_slice_protocol_cuts_the_data_as_cpu_does_and_unlearns_with_the_authors_settings(preset, authors):
+    from pmc_min.config import RunConfig
+
+    cpu, sliced = (RunConfig(model="x", device="cpu", protocol=p) for p in ("cpu", "slice"))
+    for cfg in (cpu, sliced):
+        cfg.merged(preset)
+    assert sliced.split == cpu.split == "forget01"
+    assert sliced.finetune == cpu.finetune  # the same fine-tuned model (cached once)
+    assert (sliced.eval_samples, sliced.unlearn.max_length) == (cpu.eval_samples, cpu.unlearn.max_length)
+    assert {k: getattr(sliced.unlearn, k) for k in authors} == authors
+    assert {k: getattr(cpu.unlearn, k) for k in authors} != authors

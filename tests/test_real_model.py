@@ -1,7 +1,7 @@
 """The real-model path in miniature: SmolLM2-135M-Instruct under the CPU protocol
 (fine-tuned on a TOFU slice, evaluated, unlearned) with the fluency measure
 recomputed by transformers on the pretrained weights; and two methods starting
-from the same cached fine-tuned model and cached evaluation before unlearning."""
+(and the slice protocol) from the same cached fine-tuned model and cached evaluation before unlearning."""
 
 import importlib.util
 import json
@@ -74,15 +74,17 @@ def test_a_second_method_reuses_the_cached_fine_tuned_model_and_evaluation(tmp_p
               "--epochs", "1", "--batch-size", "4", "--n", "2", "--max-length", "64", "--save-every", "0",
               "--no-progress"]
     results = {}
-    for method in ("pmc", "ga"):
-        out = subprocess.run([sys.executable, str(ROOT / "run.py"), *common, "--method", method,
-                              "--out", str(tmp_path / method)], capture_output=True, text=True, cwd=ROOT, env=env,
-                             timeout=600)
+    for name, flags in (("pmc", []), ("ga", ["--method", "ga"]), ("slice", ["--protocol", "slice", "--grad-accum", "1"])):
+        out = subprocess.run([sys.executable, str(ROOT / "run.py"), *common, *flags, "--out", str(tmp_path / name)],
+                             capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
         assert out.returncode == 0, out.stderr[-3000:]
-        results[method] = json.loads((tmp_path / method / "results.json").read_text())
+        results[name] = json.loads((tmp_path / name / "results.json").read_text())
     (finetuned,) = (tmp_path / "cache" / "finetuned").glob("[!.]*")  # built by the first run, reused by the second
     assert len(list((finetuned / "before").iterdir())) == 1  # and so was the evaluation before unlearning
-    assert results["ga"]["before"] == results["pmc"]["before"]
+    assert results["ga"]["before"] == results["pmc"]["before"] == results["slice"]["before"]
+    assert results["slice"]["config"]["protocol"] == "slice" and results["slice"]["split"] == "forget01"
+    assert [results[name]["config"]["lr"] for name in ("pmc", "slice")] == [1e-4, 1e-5]  # the authors'
+    assert results["slice"]["config"]["finetune"] == results["pmc"]["config"]["finetune"]
     # the cached model is the base fine-tuned on the slice: its weights differ from the base's
     from safetensors.torch import load_file
     base, tuned = load_file(tmp_path / "phi" / "model.safetensors"), load_file(finetuned / "model.safetensors")
