@@ -209,7 +209,8 @@ SLICED = ("cpu", "slice")
 
 
 def preset_settings(preset: str, protocol: str) -> dict:
-    """The preset's defaults, shortened by the CPU protocol's where it applies."""
+    """The preset's defaults, with the CPU protocol's data cut under "cpu" and "slice" and its shorter
+    unlearning under "cpu"."""
     merged = dict(PRESETS[preset])
     if protocol in SLICED:
         cut = CPU_PROTOCOL["unlearn"] if protocol == "cpu" else {"max_length": CPU_PROTOCOL["unlearn"]["max_length"]}
@@ -309,5 +310,5 @@ class RunConfig:
 SETTLED = ("preset", "unlearn", "finetune", "chat")
 UNLEARN_FLAGS = tuple(f.name for f in fields(UnlearnConfig) if f.name not in ("method", "seed"))
 
-__all__ = ["Sampling", "UnlearnConfig", "FinetuneConfig", "RunConfig", "PRESETS", "CPU_PROTOCOL", "PROTOCOLS", "METHODS", "EVALS",
-           "bf16_by_default", "preset_settings", "sampling_problems"]
+__all__ = ["Sampling", "UnlearnConfig", "FinetuneConfig", "RunConfig", "PRESETS", "CPU_PROTOCOL", "PROTOCOLS", "METHODS",
+           "EVALS", "bf16_by_default", "preset_settings", "sampling_problems"]
