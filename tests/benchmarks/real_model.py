@@ -7,17 +7,16 @@ the tables of docs/results-real.md and the answers to 5 forget questions.
     python tests/benchmarks/real_model.py [--out runs/real] [--data-dir tofu]
 
 Each row is one run.py command (printed); rows with a results.json are read,
-not rerun, so an interrupted sweep continues where it stopped.
+not rerun, and a stopped row continues from its last checkpoint, so an
+interrupted sweep continues where it stopped (`sweep.run_rows`).
 """
 
 import argparse
-import json
-import shlex
-import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+from sweep import run_rows
+
 # PMC with the protocol's defaults (T 1.25, lr 1e-4), and with the instruct preset's T 0.9 and half the lr.
 RUNS = [("PMC", ["--method", "pmc", "--temperature", "1.25", "--lr", "1e-4"]),
         ("PMC T=0.9 lr=5e-5", ["--method", "pmc", "--temperature", "0.9", "--lr", "5e-5"]),
@@ -32,17 +31,9 @@ parser.add_argument("--model", default="smollm2-135m")
 parser.add_argument("--only", nargs="*", help="run only these rows (names as in the table)")
 args = parser.parse_args()
 
-rows = []
-for name, flags in RUNS:
-    out = Path(args.out) / name.lower().replace(" ", "-").replace("=", "")
-    data = ["--data-dir", args.data_dir] if args.data_dir else []
-    command = [sys.executable, "run.py", "--model", args.model, *data, *flags, "--eval", "tofu,leakage,prefill",
-               "--out", str(out)]
-    if not (out / "results.json").is_file() and (args.only is None or name in args.only):
-        print("$", shlex.join(command[1:]), flush=True)
-        subprocess.run([*command, "--no-progress"], check=True, cwd=ROOT)
-    if (out / "results.json").is_file():
-        rows.append((name, json.loads((out / "results.json").read_text())))
+data = ["--data-dir", args.data_dir] if args.data_dir else []
+rows = run_rows([(name, ["--model", args.model, *data, *flags, "--eval", "tofu,leakage,prefill"],
+                  Path(args.out) / name.lower().replace(" ", "-").replace("=", "")) for name, flags in RUNS], args.only)
 if not rows:
     sys.exit("no results yet")
 

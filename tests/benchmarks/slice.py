@@ -8,17 +8,15 @@ prints the table of docs/results-real.md and the first five answers of each run.
 
 Each row is one run.py command (printed). A row with a results.json is read, not rerun; a row
 whose run was stopped continues from its last checkpoint (`run.py --resume`), so the sweep
-can be spread over several sittings. Rows run one after the other.
+can be spread over several sittings. Rows run one after the other (`sweep.run_rows`).
 """
 
 import argparse
-import json
-import shlex
-import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+from sweep import run_rows
+
 RUNS = [("cpu, rouge", ["--protocol", "cpu"]), ("cpu, fluent", ["--protocol", "cpu", "--reward", "fluent"]),
         ("slice, rouge", ["--protocol", "slice"]), ("slice, fluent", ["--protocol", "slice", "--reward", "fluent"])]
 
@@ -29,19 +27,9 @@ parser.add_argument("--model", default="smollm2-135m")
 parser.add_argument("--only", nargs="*", help="run only these rows (names as in the table)")
 args = parser.parse_args()
 
-rows = []
-for name, flags in RUNS:
-    out = Path(args.out).resolve() / name.replace(", ", "-")
-    data = ["--data-dir", args.data_dir] if args.data_dir else []
-    if (out / "checkpoints" / "LATEST").is_file() and not (out / "results.json").is_file():
-        command = [sys.executable, "run.py", "--resume", str(out)]
-    else:
-        command = [sys.executable, "run.py", "--model", args.model, *data, *flags, "--out", str(out)]
-    if not (out / "results.json").is_file() and (args.only is None or name in args.only):
-        print("$", shlex.join(command[1:]), flush=True)
-        subprocess.run([*command, "--no-progress"], check=True, cwd=ROOT)
-    if (out / "results.json").is_file():
-        rows.append((name, json.loads((out / "results.json").read_text())))
+data = ["--data-dir", args.data_dir] if args.data_dir else []
+rows = run_rows([(name, ["--model", args.model, *data, *flags], Path(args.out) / name.replace(", ", "-"))
+                 for name, flags in RUNS], args.only)
 if not rows:
     sys.exit("no results yet")
 
