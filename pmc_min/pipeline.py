@@ -222,10 +222,10 @@ def train(run: Run, model, tokenizer, state, before: dict):
                 return *reference_model(run), {}
         what = cfg.forget_questions or cfg.split
         run.log(f"Unlearning {what} ({len(run.data.forget_rows)} questions) with {cfg.method} ...")
-        judge = state is not None and cfg.unlearn.reward == "fluent"  # resumed, it needs the starting model
+        resumed_fluent = state is not None and cfg.unlearn.reward == "fluent"  # its judge: the starting model
         return model, tokenizer, unlearn(model, tokenizer, run.data.forget_rows, retain_rows, cfg.unlearn, y0=y0,
                                          progress=cfg.progress, on_epoch_end=on_epoch_end, resume=state,
-                                         before=run.load(start_folder(run))[0] if judge else None)
+                                         before=run.load(start_folder(run))[0] if resumed_fluent else None)
     except NonFiniteLoss as e:
         kept = latest_state(run.out)
         raise NonFiniteLoss(f"{str(e)[:-1]}; nothing non-finite was saved" + (
