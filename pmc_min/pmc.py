@@ -87,9 +87,12 @@ class FluencyScorer:
         self.tokenizer, self.max_length, self.batch_size = tokenizer, max_length, batch_size
 
     def __call__(self, questions: list[str], answers: list[str]) -> list[float]:
-        total, count = score_answers(self.model, self.tokenizer, questions, answers, self.max_length,
-                                     self.batch_size)
-        return (total / count).tolist()
+        """Each distinct (question, answer) is scored once: at T 0.9 many draws repeat."""
+        pairs = list(dict.fromkeys(zip(questions, answers)))
+        total, count = score_answers(self.model, self.tokenizer, [q for q, _ in pairs], [a for _, a in pairs],
+                                     self.max_length, self.batch_size)
+        nll = dict(zip(pairs, (total / count).tolist()))
+        return [nll[pair] for pair in zip(questions, answers)]
 
     def budget(self, questions: list[str], n: int, sampling: Sampling, seed: int, compile: bool = False) -> float:
         """The least likely, per token, of n samples of the model itself per question (epoch 0's seeds)."""

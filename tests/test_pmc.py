@@ -200,10 +200,11 @@ def test_fluent_reward_is_its_definition_on_hand_made_scores(monkeypatch):
     assert judged == [(["q0"] * 3 + ["q1"] * 2, ["zzz qqq", "the book is new", "a b c", "x", "y"])]
 
 
-def test_fluency_judge_is_the_model_before_unlearning_as_transformers_scores(tmp_path):
+def test_fluency_judge_is_the_model_before_unlearning_as_transformers_scores(tmp_path, monkeypatch):
     """The judge's NLL per token of an answer equals transformers' loss on the same prompt and
     answer tokens, under the weights as they were when it was made (a later update of the
-    model does not reach it); its budget is the largest of its own samples' NLLs."""
+    model does not reach it), each distinct pair scored once; its budget is the largest of its own
+    samples' NLLs."""
     import torch
     import torch.nn.functional as F
 
@@ -213,8 +214,12 @@ def test_fluency_judge_is_the_model_before_unlearning_as_transformers_scores(tmp
     with torch.no_grad():
         for p in model.parameters():
             p.add_(0.1)  # unlearning moves the model, not its judge
-    questions, answers = ["Where was author 1 born?", "Who wrote it?"], ["In city 1.", "zq zq zq"]
+    questions = ["Where was author 1 born?", "Who wrote it?", "Where was author 1 born?", "Who wrote it?"]
+    answers = ["In city 1.", "zq zq zq", "In city 1.", "In city 1."]  # a repeated draw is scored once
+    scored, real = [], pmc.score_answers
+    monkeypatch.setattr(pmc, "score_answers", lambda m, t, qs, xs, *a: scored.extend(zip(qs, xs)) or real(m, t, qs, xs, *a))
     got = judge(questions, answers)
+    assert scored == [(questions[i], answers[i]) for i in (0, 1, 3)]
     batch = encode_qa(tok, questions, answers, 40)
     for i, value in enumerate(got):
         with torch.no_grad():
@@ -222,6 +227,7 @@ def test_fluency_judge_is_the_model_before_unlearning_as_transformers_scores(tmp
         labels = batch["labels"][i, 1:]
         expected = F.cross_entropy(logits[0, :-1], labels, ignore_index=-100).item()
         assert value == pytest.approx(expected, rel=1e-5)
+    questions = questions[:2]
     budget = judge.budget(questions, 3, Sampling(1.0, 1.0, None), seed=0)
     seeds = [pmc.draw_seed(0, 0, q) for q in range(2)]
     own = pmc.sample_answers(judge.model, tok, questions, 3, Sampling(1.0, 1.0, None), 40, seeds)
