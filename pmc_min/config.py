@@ -26,20 +26,20 @@ BF16_MIN_PARAMETERS = 50_000_000  # smaller models stay float32 on a CPU (bf16_b
 
 def bf16_by_default(device: str, parameters: int) -> bool:
     """Whether a run trains under bfloat16 autocast and PMC samples from a bfloat16 copy when
-    not told otherwise: on a GPU always; on a CPU with native bfloat16 products (AVX-512 BF16 or
-    AMX) for models of BF16_MIN_PARAMETERS or more. Measured on a 2-core AMX CPU (docs/benchmarks.md):
-    SmolLM2-135M's fine-tuning step 1.6x, its draw 1.5x and its PMC step 1.5x faster, its results
-    within what float32 runs differ by. The tiny default (3.7M) gains 1.1-1.4x too, but a run of it
-    takes minutes, and it and the small models of the tests stay float32: the precision their
-    documented results and parity checks were made in."""
+    not told otherwise: on a GPU always; on a CPU with AMX for models of BF16_MIN_PARAMETERS or
+    more. Measured on 2-core CPUs (docs/benchmarks.md): with AMX, SmolLM2-135M's fine-tuning step
+    1.6x, its draw 1.5x and its PMC step 1.5x faster, its results within what float32 runs differ
+    by; with AVX-512 BF16 but no AMX, bfloat16 products are slower than float32 ones and so are
+    those steps, so such a CPU stays float32. The tiny default (3.7M) gains 1.1-1.4x with AMX too,
+    but a run of it takes minutes, and it and the small models of the tests stay float32: the
+    precision their documented results and parity checks were made in."""
     if device.startswith("cuda"):
         return True
     if device != "cpu" or parameters < BF16_MIN_PARAMETERS:
         return False
     import torch
 
-    native = [getattr(torch.cpu, f, lambda: False) for f in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
-    return any(f() for f in native)
+    return bool(getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)())
 
 
 def sampling_problems(temperature: float, top_p: float, top_k: int | None) -> list[str]:

@@ -314,10 +314,17 @@ def test_parameter_count_is_what_the_safetensors_files_hold(tmp_path):
     assert parameter_count(tmp_path) == held > 0
 
 
-def test_bfloat16_by_default_on_a_gpu_and_for_large_models_on_a_bf16_cpu():
+def test_bfloat16_by_default_on_a_gpu_and_for_large_models_on_an_amx_cpu(monkeypatch):
+    """AMX: bfloat16; AVX-512 BF16 alone (bfloat16 products slower than float32's there) or
+    neither: float32 (docs/benchmarks.md)."""
     from pmc_min.config import BF16_MIN_PARAMETERS, RunConfig, bf16_by_default
 
-    native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    for amx, avx512_bf16 in [(True, True), (False, True), (False, False)]:
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+        assert bf16_by_default("cpu", BF16_MIN_PARAMETERS) == amx
+    monkeypatch.undo()
+    native = torch.cpu._is_amx_tile_supported()
     assert bf16_by_default("cuda:0", 10) and not bf16_by_default("cpu", BF16_MIN_PARAMETERS - 1)
     assert bf16_by_default("cpu", BF16_MIN_PARAMETERS) == native
     large = RunConfig(model="x", device="cpu").unlearn_config("default", BF16_MIN_PARAMETERS)
