@@ -79,7 +79,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "--train-dtype's default is bfloat16, else the model's own)")
     p.add_argument("--train-dtype", choices=["float32", "bfloat16"],
                    help="fine-tuning and unlearning steps in float32, or under bfloat16 autocast (float32 weights); "
-                        "default: bfloat16 on a GPU, and on a CPU with bfloat16 products for models of 50M "
+                        "default: bfloat16 on a GPU, and on a CPU with AMX for models of 50M "
                         "parameters or more, else float32. Evaluation stays float32 on a CPU")
     p.add_argument("--fsdp", action="store_true", default=None, help="under torchrun: shard weights, gradients and "
                    "AdamW states per transformer block with FSDP2 (default: DistributedDataParallel)")
