@@ -1,8 +1,8 @@
 """What --reward fluent's judge saves by scoring each distinct (question, answer) once, and
-what that changes: n draws for each of the first forget01 questions from a saved model, at
-the authors' instruct sampling settings (T 0.9, top-p 0.95, top-k 50, epoch 1's seeds), scored
-by `pmc.FluencyScorer` (distinct pairs only) and by `qa.score_answers` over every draw in
-batches of 8 (what the judge did before). Prints the draws, the distinct pairs and the largest
+what that changes: n draws for each of the first forget01 questions from a saved model, with
+`--protocol slice`'s instruct settings (T 0.9, top-p 0.95, top-k 50, max length 160, epoch 1's
+seeds), scored by `pmc.FluencyScorer` (distinct pairs only) and by `qa.score_answers` over
+every draw in the run's batches (what the judge did before). Prints the draws, the distinct pairs and the largest
 difference between the two scores, in nats a token.
 
     python tests/benchmarks/fluency_judge.py MODEL_FOLDER --data-dir tofu [--questions 8] [--n 20]
@@ -17,7 +17,7 @@ import numpy as np
 
 import pmc_min
 from pmc_min import pmc
-from pmc_min.config import Sampling
+from pmc_min.config import UnlearnConfig, preset_settings
 from pmc_min.data import load_split, resolve_data_dir
 from pmc_min.qa import score_answers
 
@@ -25,17 +25,19 @@ parser = argparse.ArgumentParser()
 parser.add_argument("model")
 parser.add_argument("--data-dir", help="TOFU's JSON Lines files (default: the hub dataset locuslab/TOFU)")
 parser.add_argument("--questions", type=int, default=8)
-parser.add_argument("--n", type=int, default=20)
+parser.add_argument("--n", type=int, help="draws per question (default: the protocol's, 20)")
 args = parser.parse_args()
+cfg = UnlearnConfig(**preset_settings("instruct", "slice")["unlearn"])
+n = args.n or cfg.n_samples
 
 model, tok = pmc_min.load(args.model)
 questions = [r["question"] for r in load_split(resolve_data_dir(args.data_dir), "forget01")][:args.questions]
-judge = pmc.FluencyScorer(model, tok, max_length=160, batch_size=8)
-seeds = [pmc.draw_seed(0, 1, q) for q in range(len(questions))]
-draws = pmc.sample_answers(judge.model, tok, questions, args.n, Sampling(0.9, 0.95, 50), 160, seeds)
+judge = pmc.FluencyScorer(model, tok, cfg.max_length, cfg.batch_size)
+seeds = [pmc.draw_seed(cfg.seed, 1, q) for q in range(len(questions))]
+draws = pmc.sample_answers(judge.model, tok, questions, n, cfg.sampling, cfg.max_length, seeds)
 qs, answers = [q for q, xs in zip(questions, draws) for _ in xs], [x for xs in draws for x in xs]
 distinct = np.array(judge(qs, answers))
-total, count = score_answers(judge.model, tok, qs, answers, 160, 8)
+total, count = score_answers(judge.model, tok, qs, answers, cfg.max_length, cfg.batch_size)
 every = total / count
 print(f"{len(answers)} draws, {len(set(zip(qs, answers)))} distinct (question, answer) pairs; "
       f"largest |distinct - every| {np.abs(distinct - every).max():.2g} nats a token, "
